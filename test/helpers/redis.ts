@@ -13,6 +13,7 @@ export async function startRedis(): Promise<TestRedis> {
     child.once('error', (e) => reject(new Error(`cannot start redis-server (is it installed?): ${e.message}`)));
     child.once('exit', (code) => reject(new Error(`redis-server exited with ${code}`)));
   });
+  failed.catch(() => undefined); // after start-up, an exit is expected (stop) and not an error
   await Promise.race([waitForPort(port), failed]);
   return {
     url: `redis://127.0.0.1:${port}`,
