@@ -1,0 +1,223 @@
+// The worker: follows the configuration in Redis and keeps one SMTP server per enabled
+// listener in step with it, without a restart and without cutting sessions in flight.
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { loadConfig } from '../shared/config-store.ts';
+import { recordEvent } from '../shared/events.ts';
+import { keys } from '../shared/redis-keys.ts';
+import type { Listener, VersionedConfig, WorkerStatus } from '../shared/schemas.ts';
+import { publishHeartbeat } from '../shared/workers-registry.ts';
+import { DirectoryRegistry } from './directories.ts';
+import { buildRuntime } from './listener-runtime.ts';
+import { createListenerServer, tlsOptions } from './listener-server.ts';
+import { WorkerMetrics } from './metrics.ts';
+import { relayMessage } from './next-hop.ts';
+import type { ListenerRuntime, RevocationVerdict, SessionDeps } from './session.ts';
+import type { GatewayServer } from './smtp-adapter.ts';
+import type { X509Certificate } from 'node:crypto';
+
+const HEARTBEAT_MS = 5_000;
+/** Safety net behind the change channel (a message lost while Redis reconnected). */
+const POLL_MS = 5_000;
+
+export interface GatewayOptions {
+  redisUrl: string;
+  workerId: string;
+  portOffset: number;
+  logger: Logger;
+  metrics: WorkerMetrics;
+  /** Revocation check of validated client chains (the CRL store); absent: unchecked. */
+  revocation?: (chain: X509Certificate[]) => RevocationVerdict;
+  /** Called after each configuration version is applied (the CRL store follows it too). */
+  onConfig?: (config: VersionedConfig) => void | Promise<void>;
+  /** Extra worker status fields (the CRLs held). */
+  crlStatus?: () => WorkerStatus['crls'];
+}
+
+interface RunningListener {
+  server: GatewayServer;
+  runtime: ListenerRuntime;
+  /** address, port and implicitTls: a change needs a new socket. */
+  bindKey: string;
+  tlsKey: string;
+  port: number;
+}
+
+export class Gateway {
+  private readonly redis: Redis;
+  private readonly sub: Redis;
+  private readonly running = new Map<string, RunningListener>();
+  private readonly directories: DirectoryRegistry;
+  private readonly deps: SessionDeps;
+  private version = -1;
+  private sessions = 0;
+  private applying: Promise<void> = Promise.resolve();
+  private reloadQueued = false;
+  private timers: NodeJS.Timeout[] = [];
+  private stopping = false;
+
+  constructor(private readonly o: GatewayOptions) {
+    this.redis = new Redis(o.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+    this.sub = new Redis(o.redisUrl, { lazyConnect: true });
+    this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
+    this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
+    this.directories = new DirectoryRegistry((q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000));
+    this.deps = {
+      workerId: o.workerId,
+      now: () => new Date(),
+      record: (e) => {
+        o.logger.info({ event: e }, 'session event');
+        recordEvent(this.redis, e).catch((err: Error) => o.logger.warn({ err: err.message }, 'cannot record event'));
+      },
+      directory: (name) => this.directories.get(name),
+      revocation: o.revocation ?? (() => ({ status: 'unchecked' })),
+      relay: relayMessage,
+      observe: {
+        auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
+        relay: (outcome) => o.metrics.relay.inc({ outcome }),
+      },
+    };
+  }
+
+  async start(): Promise<void> {
+    await this.redis.connect();
+    await this.sub.connect();
+    this.sub.on('message', () => this.reload());
+    // Re-read after a reconnect: changes published while disconnected were missed.
+    this.sub.on('ready', () => this.reload());
+    await this.sub.subscribe(keys.configChannel);
+    this.reload();
+    await this.applying;
+    this.timers.push(setInterval(() => this.reload(), POLL_MS), setInterval(() => void this.heartbeat(), HEARTBEAT_MS));
+    await this.heartbeat();
+  }
+
+  /** Coalesces change notifications: at most one apply runs, at most one more is queued. */
+  reload(): void {
+    if (this.stopping || this.reloadQueued) return;
+    this.reloadQueued = true;
+    this.applying = this.applying.then(async () => {
+      this.reloadQueued = false;
+      try {
+        const config = await loadConfig(this.redis);
+        if (config.version !== this.version) await this.apply(config);
+      } catch (err) {
+        this.o.logger.error({ err: (err as Error).message }, 'cannot apply configuration; keeping the previous one');
+      }
+    });
+  }
+
+  private async apply(config: VersionedConfig): Promise<void> {
+    this.directories.apply(config.ldapProfiles);
+    await this.o.onConfig?.(config);
+    const wanted = new Map(config.listeners.filter((l) => l.enabled).map((l) => [l.name, l]));
+    for (const [name, r] of this.running) {
+      const l = wanted.get(name);
+      if (!l || bindKey(l, this.o.portOffset) !== r.bindKey) await this.stopListener(name);
+    }
+    for (const [name, listener] of wanted) {
+      const runtime = buildRuntime(listener, config);
+      const current = this.running.get(name);
+      if (!current) {
+        await this.startListener(listener, runtime);
+        continue;
+      }
+      current.runtime = runtime;
+      const options = current.server.options as { name?: string };
+      options.name = listener.hostname;
+      const tlsKey = JSON.stringify(tlsOptions(listener));
+      if (tlsKey !== current.tlsKey) {
+        current.server.updateSecureContext(tlsOptions(listener));
+        current.tlsKey = tlsKey;
+      }
+    }
+    this.version = config.version;
+    this.o.metrics.configVersion.set(config.version);
+    this.o.logger.info({ version: config.version, listeners: [...this.running.keys()] }, 'configuration applied');
+    void this.heartbeat();
+  }
+
+  private async startListener(listener: Listener, runtime: ListenerRuntime): Promise<void> {
+    const entry: RunningListener = {
+      runtime,
+      server: undefined as unknown as GatewayServer,
+      bindKey: bindKey(listener, this.o.portOffset),
+      tlsKey: JSON.stringify(tlsOptions(listener)),
+      port: listener.port + this.o.portOffset,
+    };
+    entry.server = createListenerServer(listener, {
+      runtime: () => entry.runtime,
+      deps: this.deps,
+      onSessionOpen: (name) => {
+        this.sessions++;
+        this.o.metrics.sessions.inc({ listener: name });
+        this.o.metrics.activeSessions.set(this.sessions);
+      },
+      onSessionClose: () => {
+        this.sessions--;
+        this.o.metrics.activeSessions.set(this.sessions);
+      },
+      onError: (err) => this.o.logger.debug({ err: err.message, listener: listener.name }, 'smtp error'),
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        entry.server.server.once('error', reject);
+        entry.server.listen({ host: listener.address, port: entry.port }, () => {
+          entry.server.server.removeListener('error', reject);
+          resolve();
+        });
+      });
+      this.running.set(listener.name, entry);
+      this.o.logger.info({ listener: listener.name, address: listener.address, port: entry.port }, 'listener started');
+    } catch (err) {
+      this.o.logger.error({ listener: listener.name, port: entry.port, err: (err as Error).message }, 'cannot start listener');
+    }
+  }
+
+  /** Stops accepting; sessions in flight get up to 30 s (smtp-server's closeTimeout). */
+  private async stopListener(name: string): Promise<void> {
+    const r = this.running.get(name);
+    if (!r) return;
+    this.running.delete(name);
+    this.o.logger.info({ listener: name }, 'listener stopping');
+    // Not awaited: the socket stops accepting at once; draining sessions finish in the background.
+    const closed = new Promise<void>((resolve) => r.server.close(() => resolve()));
+    this.draining.add(closed);
+    void closed.then(() => this.draining.delete(closed));
+  }
+
+  private readonly draining = new Set<Promise<void>>();
+
+  status(): WorkerStatus {
+    return {
+      id: this.o.workerId,
+      listeners: [...this.running.entries()].map(([name, r]) => ({ name, address: r.runtime.listener.address, port: r.port })),
+      configVersion: Math.max(this.version, 0),
+      crls: this.o.crlStatus?.() ?? [],
+      sessions: this.sessions,
+      lastSeen: new Date().toISOString(),
+    };
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (this.stopping) return;
+    await publishHeartbeat(this.redis, this.status()).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'heartbeat failed'));
+  }
+
+  /** SIGTERM: no new sessions, in-flight ones get up to 30 s, then everything closes. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    await this.applying;
+    for (const name of [...this.running.keys()]) await this.stopListener(name);
+    await Promise.all(this.draining);
+    await this.redis.hdel(keys.workers, this.o.workerId).catch(() => undefined);
+    await this.directories.close();
+    this.sub.disconnect();
+    this.redis.disconnect();
+  }
+}
+
+function bindKey(l: Listener, offset: number): string {
+  return `${l.address}|${l.port + offset}|${l.implicitTls}`;
+}

@@ -1,0 +1,35 @@
+// A listener's view of one configuration version: its policies by client address, its
+// authentication setup with the fallback resolved, and its parsed client CAs.
+import type { AuthSetup } from '../shared/policy.ts';
+import { selectPolicyName } from '../shared/policy.ts';
+import type { Config, Listener, MailFlowPolicy } from '../shared/schemas.ts';
+import { parsePemCertificates } from '../shared/x509.ts';
+import type { ListenerRuntime } from './session.ts';
+
+/**
+ * Fails closed: a policy name that does not resolve (the API refuses such a config, so
+ * only a hand-edited Redis could hold one) rejects the client at connect.
+ */
+const MISSING_POLICY: MailFlowPolicy = {
+  name: '(missing)', action: 'reject', tls: 'off', verifyClientCertificate: false, requireSmtpAuth: true,
+  smtpAuthRequiresTls: false, maxMessageBytes: 1024, maxRecipients: 1,
+};
+
+export function buildRuntime(listener: Listener, config: Config): ListenerRuntime {
+  const policies = new Map(config.mailFlowPolicies.map((p) => [p.name, p]));
+  return {
+    listener,
+    auth: resolveAuth(listener, config),
+    clientCas: listener.tls?.clientCaPem ? parsePemCertificates(listener.tls.clientCaPem) : [],
+    policyFor: (address) => policies.get(selectPolicyName(listener, address)) ?? MISSING_POLICY,
+  };
+}
+
+function resolveAuth(listener: Listener, config: Config): AuthSetup {
+  const profiles = new Map(config.smtpAuthProfiles.map((p) => [p.name, p]));
+  const profile = listener.smtpAuthProfile ? profiles.get(listener.smtpAuthProfile) : undefined;
+  if (!profile) return { type: 'none' };
+  if (profile.type === 'ldap') return { type: 'ldap', profile };
+  const fallback = profile.fallbackProfile ? profiles.get(profile.fallbackProfile) : undefined;
+  return { type: 'certificate', profile, fallback: fallback?.type === 'ldap' ? fallback : null };
+}

@@ -1,0 +1,40 @@
+// Prometheus metrics of a worker, served on METRICS_PORT.
+import http from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class WorkerMetrics {
+  readonly registry = new Registry();
+  readonly sessions = new Counter({ name: 'certgate_smtp_sessions_total', help: 'SMTP sessions accepted', labelNames: ['listener'], registers: [this.registry] });
+  readonly activeSessions = new Gauge({ name: 'certgate_smtp_sessions_active', help: 'SMTP sessions open now', registers: [this.registry] });
+  readonly auth = new Counter({ name: 'certgate_auth_total', help: 'Authentication decisions', labelNames: ['method', 'outcome', 'reason'], registers: [this.registry] });
+  readonly relay = new Counter({ name: 'certgate_relay_total', help: 'Messages by relay outcome', labelNames: ['outcome'], registers: [this.registry] });
+  readonly ldap = new Histogram({
+    name: 'certgate_ldap_duration_seconds', help: 'LDAP operation latency', labelNames: ['kind', 'ok'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
+  });
+  readonly configVersion = new Gauge({ name: 'certgate_config_version', help: 'Configuration version applied', registers: [this.registry] });
+  readonly crlEntries = new Gauge({ name: 'certgate_crl_revoked_entries', help: 'Revoked serials held, by CRL source', labelNames: ['source'], registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Serves GET /metrics; resolves once listening. */
+  async serve(host: string, port: number): Promise<http.Server> {
+    const server = http.createServer((req, res) => {
+      if (req.method !== 'GET' || req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry.metrics().then(
+        (body) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(body),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    return server;
+  }
+}

@@ -1,0 +1,30 @@
+// The trace header a relayed message gains (SPEC §3 rule 8, RFC 5321 §4.4, RFC 3848).
+
+export interface ReceivedFacts {
+  helo: string;
+  clientHostname: string | null;
+  clientAddress: string;
+  hostname: string;
+  protocol: string;
+  id: string;
+  user: { id: string; method: string } | null;
+  date: Date;
+}
+
+/** Keeps client-chosen names from breaking out of their header comment. */
+function clean(s: string): string {
+  return s.replace(/[^A-Za-z0-9.:\-_[\]]/g, '?').slice(0, 255);
+}
+
+/** RFC 5322 date-time, e.g. `Fri, 27 Nov 2026 18:30:00 +0000`. */
+export function rfc5322Date(d: Date): string {
+  // toUTCString gives "Fri, 27 Nov 2026 18:30:00 GMT"; RFC 5322 prefers the numeric zone.
+  return d.toUTCString().replace(/GMT$/, '+0000');
+}
+
+export function receivedHeader(f: ReceivedFacts): string {
+  const address = f.clientAddress.includes(':') ? `IPv6:${f.clientAddress}` : f.clientAddress;
+  const from = `from ${clean(f.helo) || 'unknown'} (${clean(f.clientHostname ?? '') || clean(f.clientAddress)} [${clean(address)}])`;
+  const auth = f.user ? `\r\n\t(authenticated as ${clean(f.user.id)} by ${f.user.method})` : '';
+  return `Received: ${from}\r\n\tby ${clean(f.hostname)} (certgate) with ${f.protocol} id ${f.id}${auth};\r\n\t${rfc5322Date(f.date)}\r\n`;
+}

@@ -1,0 +1,311 @@
+// One SMTP session: gathers the facts (TLS state, certificate, directory answers), asks
+// shared/policy.ts what to reply, applies it, and records events. No rule is decided here.
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { Transform, type Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import type { SMTPServerSession } from 'smtp-server';
+import {
+  afterHandshake, authCommand, authOutcome, connectReply, ehloFeatures, mailFromReply, rcptToReply,
+  receivedProtocol, REPLIES, requestsClientCertificate, sizeExceeded, startTlsCommandReply, startTlsGate,
+  type AllowanceCheck, type AuthSetup, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
+  type EhloFeatures, type Reply, type SessionState,
+} from '../shared/policy.ts';
+import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../shared/schemas.ts';
+import { certificateFacts, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
+import type { SessionController } from './smtp-adapter.ts';
+import type { NextHopTarget, RelayResult } from './next-hop.ts';
+import { receivedHeader } from './received.ts';
+
+/** The directory operations a session needs (shared/directory.ts implements them). */
+export interface DirectoryPort {
+  authenticate(username: string, password: string): Promise<{ outcome: CredentialCheck; userId: string | null }>;
+  checkAllowed(username: string, now: Date): Promise<{ outcome: Exclude<AllowanceCheck, 'not-checked'> }>;
+  lookupCertificate(values: ReturnType<typeof tokenValues>): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null }>;
+}
+
+/** What revocation data says of a validated chain (leaf first). */
+export type RevocationVerdict =
+  | { status: 'good' | 'unchecked' }
+  | { status: 'revoked' | 'crl-expired'; detail: string }
+  | { status: 'crl-expired-accepted'; detail: string };
+
+/** Everything a listener's sessions share, fixed for one configuration version. */
+export interface ListenerRuntime {
+  listener: Listener;
+  auth: AuthSetup;
+  clientCas: X509Certificate[];
+  policyFor(clientAddress: string): MailFlowPolicy;
+}
+
+export interface SessionDeps {
+  workerId: string;
+  now(): Date;
+  record(event: NewSessionEvent): void;
+  directory(ldapProfileName: string): DirectoryPort | null;
+  revocation(chain: X509Certificate[]): RevocationVerdict;
+  relay(target: NextHopTarget, envelope: { from: string; to: string[]; smtpUtf8: boolean; body8bit: boolean }, prefix: Buffer, message: Readable): Promise<RelayResult>;
+  observe: {
+    auth(method: string, outcome: string, reason: string): void;
+    relay(outcome: string): void;
+  };
+}
+
+type EventFields = Pick<NewSessionEvent, 'outcome' | 'reason'> & Partial<Pick<NewSessionEvent, 'command' | 'reply' | 'envelope' | 'method'>>;
+
+export class Session implements SessionController {
+  readonly state: SessionState;
+  private certificate: CertificateFacts | null = null;
+  private tlsVersion: string | null = null;
+  private allowedNotPermitted = false;
+  /** The LDAP auth profile of an AUTH PLAIN/LOGIN exchange in progress. */
+  private saslProfile: LdapAuthProfile | null = null;
+
+  constructor(
+    private readonly runtime: ListenerRuntime,
+    private readonly deps: SessionDeps,
+    private readonly session: SMTPServerSession,
+    private readonly clientAddress: string,
+    secureFromStart: boolean,
+  ) {
+    this.state = {
+      policy: runtime.policyFor(clientAddress),
+      auth: runtime.auth,
+      tlsConfigured: runtime.listener.tls !== null,
+      secure: secureFromStart,
+      user: null,
+    };
+  }
+
+  // ------------------------------------------------------------ SessionController
+
+  requestsCertificate(): boolean {
+    return requestsClientCertificate(this.state.policy, this.state.auth);
+  }
+
+  ehloFeatures(): EhloFeatures {
+    return ehloFeatures(this.state);
+  }
+
+  beforeCommand(command: string, args: string[]): Reply | null {
+    if (command === 'MAIL' || command === 'RCPT' || command === 'DATA') {
+      const gate = startTlsGate(this.state);
+      if (gate) this.event({ outcome: 'rejected', reason: 'tls-required', command, reply: format(gate) });
+      return gate;
+    }
+    if (command === 'STARTTLS') return startTlsCommandReply(this.state);
+    if (command !== 'AUTH') return null;
+    const mechanism = (args[0] ?? '').toUpperCase();
+    const decision = authCommand(this.state, mechanism, args[1]);
+    if (decision.action === 'sasl') {
+      this.saslProfile = decision.profile;
+      return null;
+    }
+    const accepted = decision.reply.code === 235;
+    const method = mechanism === 'EXTERNAL' ? 'certificate' : 'smtp-auth';
+    this.deps.observe.auth(method, accepted ? 'accepted' : 'rejected', decision.reason);
+    this.event({ outcome: accepted ? 'accepted' : 'rejected', reason: decision.reason, command: 'AUTH', reply: format(decision.reply), method });
+    return decision.reply;
+  }
+
+  onReply(command: string, reply: Reply): void {
+    // allow-and-log: every command after the AUTH that admitted the user is on record.
+    // The final reply to DATA is the message event itself.
+    if (!this.allowedNotPermitted || command === 'AUTH' || (command === 'DATA' && reply.code !== 354)) return;
+    this.event({ outcome: 'allowed-not-permitted', reason: 'not-allowed-by-allow-query', command, reply: format(reply) });
+  }
+
+  // ------------------------------------------------------------ smtp-server hooks
+
+  /** onConnect: rule 1. */
+  connect(): Reply | null {
+    const refusal = connectReply(this.state.policy);
+    if (refusal) this.event({ outcome: 'rejected', reason: 'policy-reject', command: 'CONNECT', reply: format(refusal) });
+    return refusal;
+  }
+
+  /** onSecure: rules 3 and 4, after the handshake of STARTTLS or of an implicit-TLS listener. */
+  async secured(socket: TLSSocket): Promise<Reply | null> {
+    // RFC 3207: nothing learnt before TLS survives it, the identity included.
+    this.state.secure = true;
+    this.state.user = null;
+    this.tlsVersion = socket.getProtocol() ?? null;
+    const check = this.requestsCertificate() ? await this.checkCertificate(socket) : ({ kind: 'not-requested' } as const);
+    const decision = afterHandshake(this.state, check);
+    if (decision.user) {
+      this.state.user = decision.user;
+      this.session.user = decision.user.id;
+    }
+    if (check.kind !== 'not-requested') {
+      const outcome = decision.refuse ? 'rejected' : decision.user ? 'accepted' : check.kind === 'valid' || check.kind === 'absent' ? 'accepted' : 'rejected';
+      this.deps.observe.auth('certificate', outcome, decision.reason);
+      this.event({
+        outcome, reason: decision.reason, command: 'STARTTLS', method: decision.user ? 'certificate' : 'none',
+        reply: decision.refuse ? format(decision.refuse) : null,
+      });
+    }
+    return decision.refuse;
+  }
+
+  /** onAuth: AUTH PLAIN/LOGIN once smtp-server has the credentials (rule 5, §2.3). */
+  async authenticate(username: string, password: string, authzid: string): Promise<Reply> {
+    const profile = this.saslProfile;
+    this.saslProfile = null;
+    if (!profile) return REPLIES.authNotEnabled; // cannot happen: beforeCommand set it for this exchange
+    // Acting on behalf of another identity (PLAIN authzid) is not something certgate grants.
+    const proxying = authzid !== '' && authzid !== username;
+    const directory = this.deps.directory(profile.ldapProfile);
+    let credentials: CredentialCheck;
+    let userId: string | null = null;
+    if (proxying) credentials = 'invalid-credentials';
+    else if (!directory) credentials = 'directory-unavailable';
+    else ({ outcome: credentials, userId } = await directory.authenticate(username, password));
+    let allowance: AllowanceCheck = 'not-checked';
+    if (credentials === 'authenticated' && profile.checkWithLdap && directory) {
+      allowance = (await directory.checkAllowed(username, this.deps.now())).outcome;
+    }
+    const out = authOutcome(profile, credentials, allowance);
+    if (out.authenticated) {
+      this.state.user = { id: userId ?? username, method: 'smtp-auth' };
+      this.allowedNotPermitted = out.allowedNotPermitted;
+    }
+    this.deps.observe.auth('smtp-auth', out.outcome, out.reason);
+    this.event({
+      outcome: out.outcome, reason: out.reason, command: 'AUTH', reply: format(out.reply), method: 'smtp-auth',
+      user: out.authenticated ? this.state.user?.id ?? null : username,
+    });
+    return out.reply;
+  }
+
+  /** onMailFrom: rules 2 and 6, and SIZE. */
+  mailFrom(declaredSize: number | null): Reply | null {
+    const refusal = mailFromReply(this.state, declaredSize);
+    if (refusal) this.event({ outcome: 'rejected', reason: refusal === REPLIES.authRequired ? 'authentication-required' : 'size', command: 'MAIL', reply: format(refusal) });
+    return refusal;
+  }
+
+  /** onRcptTo: rule 7. */
+  rcptTo(recipient: string, recipientsSoFar: number): Reply | null {
+    return rcptToReply(this.state, recipient, this.runtime.listener.acceptedDomains, recipientsSoFar);
+  }
+
+  /** onData: relay to the next hop, answering what it answered (rule 8). */
+  async data(message: Readable): Promise<Reply> {
+    const env = this.session.envelope;
+    const from = env.mailFrom ? env.mailFrom.address : '';
+    const to = env.rcptTo.map((r) => r.address);
+    const id = randomBytes(8).toString('hex');
+    const prefix = Buffer.from(receivedHeader({
+      helo: this.session.hostNameAppearsAs || '',
+      clientHostname: this.session.clientHostname || null,
+      clientAddress: this.clientAddress,
+      hostname: this.runtime.listener.hostname,
+      protocol: receivedProtocol(this.state),
+      id,
+      user: this.state.user,
+      date: this.deps.now(),
+    }));
+    let bytes = 0;
+    let tooBig: Reply | null = null;
+    // Counts while streaming; over the limit it stops the relay before the final dot.
+    const counter = new Transform({
+      transform: (chunk: Buffer, _enc, done) => {
+        bytes += chunk.length;
+        tooBig = sizeExceeded(this.state, bytes);
+        done(tooBig ? new Error('message over the size limit') : null, chunk);
+      },
+    });
+    message.on('error', (err) => counter.destroy(err));
+    counter.on('error', () => message.resume()); // let the client finish sending; it reads our reply after
+    message.pipe(counter);
+    const hop = this.runtime.listener.nextHop;
+    const result = await this.deps.relay(
+      { host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname },
+      { from, to, smtpUtf8: Boolean(env.smtpUtf8), body8bit: env.bodyType === '8bitmime' },
+      prefix,
+      counter,
+    );
+    const answer: Reply = tooBig ?? result.reply;
+    const delivered = result.accepted && !tooBig;
+    this.deps.observe.relay(delivered ? 'relayed' : tooBig ? 'too-big' : `failed-${String(answer.code)[0]}xx`);
+    this.event({
+      outcome: !delivered ? 'rejected' : this.allowedNotPermitted ? 'allowed-not-permitted' : 'accepted',
+      reason: delivered ? `relayed as ${id}` : tooBig ? 'message-too-big' : `next-hop: ${result.accepted ? '' : result.stage}`,
+      command: 'DATA', reply: format(delivered ? okReply(id, answer) : answer),
+      envelope: { from, recipientCount: to.length, size: bytes },
+    });
+    return delivered ? okReply(id, answer) : answer;
+  }
+
+  // ------------------------------------------------------------ helpers
+
+  private async checkCertificate(socket: TLSSocket): Promise<CertificateCheck> {
+    const leaf = socket.getPeerX509Certificate();
+    if (!leaf) return { kind: 'absent' };
+    try {
+      this.certificate = certificateFacts(leaf);
+    } catch {
+      return { kind: 'invalid', reason: 'malformed' };
+    }
+    const chain = validateClientCertificate({ leaf, presented: presentedChain(socket), trusted: this.runtime.clientCas, now: this.deps.now() });
+    if (!chain.ok) return { kind: 'invalid', reason: chain.reason };
+    const revocation = this.deps.revocation(chain.chain);
+    if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
+    if (revocation.status === 'crl-expired-accepted') {
+      this.event({ outcome: 'accepted', reason: `crl-expired-accepted: ${revocation.detail}`, command: 'STARTTLS' });
+    }
+    if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
+    const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
+    if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
+    const found = await directory.lookupCertificate(tokenValues(this.certificate));
+    return { kind: 'valid', directory: directoryMatch(found) };
+  }
+
+  private event(fields: EventFields & { user?: string | null }): void {
+    const c = this.certificate;
+    this.deps.record({
+      time: this.deps.now().toISOString(),
+      worker: this.deps.workerId,
+      listener: this.runtime.listener.name,
+      sessionId: this.session.id,
+      clientAddress: this.clientAddress,
+      tlsVersion: this.tlsVersion,
+      certificate: c ? { subject: c.subjectDn, serial: c.serial, issuer: c.issuerDn } : null,
+      method: fields.method ?? (this.state.user?.method ?? 'none'),
+      user: fields.user !== undefined ? fields.user : this.state.user?.id ?? null,
+      outcome: fields.outcome,
+      reason: fields.reason,
+      command: fields.command ?? null,
+      reply: fields.reply ?? null,
+      envelope: fields.envelope ?? null,
+    });
+  }
+}
+
+function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertificate']>>): DirectoryMatch {
+  switch (found.outcome) {
+    case 'one': return found.userId ? { kind: 'one', userId: found.userId } : { kind: 'none' };
+    case 'directory-unavailable': return { kind: 'unavailable' };
+    default: return { kind: found.outcome };
+  }
+}
+
+/** The intermediates the client sent after its leaf, in the order it sent them. */
+function presentedChain(socket: TLSSocket): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  const leaf = socket.getPeerCertificate(true);
+  const seen = new Set<string>([leaf.fingerprint256]);
+  // Node links the chain through issuerCertificate; a self-signed end points at itself.
+  for (let c = leaf.issuerCertificate; c?.raw && !seen.has(c.fingerprint256) && out.length < 8; c = c.issuerCertificate) {
+    seen.add(c.fingerprint256);
+    out.push(new X509Certificate(c.raw));
+  }
+  return out;
+}
+
+function okReply(id: string, nextHop: Reply): Reply {
+  return { code: 250, text: `2.0.0 Ok: relayed as ${id} (next hop: ${nextHop.code} ${nextHop.text.split('\n')[0]})` };
+}
+
+function format(r: Reply): string {
+  return `${r.code} ${r.text}`;
+}
