@@ -14,6 +14,8 @@ const NullablePem = (description: string) => Type.Union([Pem(description), Type.
 /** Write-only secret: omitted in a PUT keeps the stored value, `null` clears it. */
 const Secret = (description: string) =>
   Type.Optional(Type.Union([Type.String({ minLength: 1, maxLength: 1_000_000 }), Type.Null()], { description, writeOnly: true }));
+/** Read-only companion of a secret in API responses: whether one is stored. Never stored itself. */
+const SecretSet = (description: string) => Type.Optional(Type.Boolean({ description, readOnly: true }));
 
 // ---------------------------------------------------------------- §2.1 LDAP profiles
 export const CertificateQuery = Type.Object(
@@ -37,7 +39,11 @@ export const SmtpAuthQuery = Type.Object(
 );
 
 export const LdapBind = Type.Object(
-  { dn: Type.String({ minLength: 1, maxLength: 1024 }), password: Secret('Bind password (write-only)') },
+  {
+    dn: Type.String({ minLength: 1, maxLength: 1024 }),
+    password: Secret('Bind password (write-only)'),
+    passwordSet: SecretSet('Whether a bind password is stored (read-only)'),
+  },
   { additionalProperties: false },
 );
 
@@ -119,6 +125,7 @@ export const ListenerTls = Type.Object(
   {
     certificatePem: Pem('Server certificate chain (PEM)'),
     privateKeyPem: Secret('Server private key (PEM, write-only)'),
+    privateKeySet: SecretSet('Whether a private key is stored (read-only)'),
     clientCaPem: NullablePem('CA certificates (PEM) that client certificates must chain to'),
   },
   { additionalProperties: false },

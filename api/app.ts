@@ -1,0 +1,76 @@
+// The API server (SPEC §1, §2) as a Fastify instance, built without listening so tests
+// can drive it with `app.inject` as well as over a real port.
+import Fastify, { type FastifyServerOptions } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Redis } from 'ioredis';
+import type { App, ApiContext } from './context.ts';
+import { registerAuth } from './auth.ts';
+import { ConfigCache } from './config-cache.ts';
+import { registerConfigRoutes } from './config-routes.ts';
+import { errorHandler, formatSchemaErrors, notFoundHandler } from './errors.ts';
+import { registerMetrics } from './metrics.ts';
+import { registerOpenApi } from './openapi.ts';
+import { registerPendingRoutes } from './pending-routes.ts';
+import { RESOURCE_KINDS } from './resource-kinds.ts';
+import { registerResourceRoutes } from './resource-routes.ts';
+import { registerStatusRoutes } from './status-routes.ts';
+import { registerTokenRoutes } from './token-routes.ts';
+import { configWriter } from './versioning.ts';
+
+export interface BuildAppOptions {
+  redis: Redis;
+  /** Bootstrap admin bearer token (API_TOKEN). */
+  apiToken?: string;
+  /** false: no logs; an object: pino options (secrets are redacted in any case). Default: info to stdout. */
+  logger?: false | Exclude<FastifyServerOptions['logger'], boolean | undefined>;
+}
+
+/** Log paths that may hold secrets: the bearer token, bind passwords, private keys. */
+const REDACTED_PATHS = [
+  'req.headers.authorization',
+  'password',
+  'privateKeyPem',
+  'token',
+  '*.password',
+  '*.privateKeyPem',
+  '*.token',
+  '*.*.password',
+  '*.*.privateKeyPem',
+];
+
+/** Configuration documents can be large (PEM bundles); 16 MiB leaves room for many. */
+const BODY_LIMIT = 16 * 1024 * 1024;
+
+export async function buildApp(opts: BuildAppOptions): Promise<App> {
+  const app: App = Fastify({
+    logger: opts.logger === false ? false : { level: 'info', ...opts.logger, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } },
+    bodyLimit: BODY_LIMIT,
+    ajv: {
+      customOptions: {
+        // An unknown property is a client mistake (a typo in a flag name) and must be
+        // reported, not silently dropped as Fastify's default would.
+        removeAdditional: false,
+        // Defaults inside anyOf are applied by TypeBox before validation (http-schemas.ts).
+        strictSchema: false,
+        discriminator: true,
+      },
+    },
+    schemaErrorFormatter: formatSchemaErrors,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler(notFoundHandler);
+
+  const cache = await ConfigCache.start(opts.redis);
+  app.addHook('onClose', () => cache.close());
+  const ctx: ApiContext = { redis: opts.redis, config: cache, write: configWriter(opts.redis, cache) };
+
+  registerAuth(app, opts.redis, opts.apiToken);
+  registerMetrics(app, ctx);
+  await registerOpenApi(app);
+  registerStatusRoutes(app, ctx);
+  registerTokenRoutes(app, ctx);
+  for (const kind of RESOURCE_KINDS) registerResourceRoutes(app, ctx, kind);
+  registerPendingRoutes(app, ctx);
+  registerConfigRoutes(app, ctx);
+  return app;
+}

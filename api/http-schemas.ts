@@ -1,0 +1,188 @@
+// The schemas the HTTP API registers with `app.addSchema` (and so the OpenAPI components):
+// the configuration model of shared/schemas.ts plus the API's own envelopes.
+//
+// The TypeBox schemas nest each other inline (Config contains LdapProfile, ...). For the
+// API every nested schema that has an `$id` is replaced by a `$ref` to it, so that the
+// OpenAPI document names each component once and references it everywhere.
+import { STATUS_CODES } from 'node:http';
+import type { FastifyRequest } from 'fastify';
+import { Type, type Static, type TSchema } from 'typebox';
+import { Value } from 'typebox/value';
+import {
+  CertificateAuthProfile,
+  Config,
+  CrlSettings,
+  CrlSource,
+  CrlStatus,
+  LdapAuthProfile,
+  LdapProfile,
+  Listener,
+  MailFlowPolicy,
+  Name,
+  SessionEvent,
+  SmtpAuthProfile,
+  WorkerStatus,
+} from '../shared/schemas.ts';
+import { AuditEntry } from '../shared/audit.ts';
+
+/** A route-schema reference to a registered component, typed as the component. */
+export function ref<T extends TSchema>(schema: T) {
+  const { $id } = schema as { $id?: unknown };
+  if (typeof $id !== 'string') throw new Error('ref() needs a schema with an $id');
+  return Type.Unsafe<Static<T>>(Type.Ref($id));
+}
+
+export const ValidationIssue = Type.Object({ field: Type.String(), message: Type.String() });
+
+export const ErrorResponse = Type.Object(
+  {
+    statusCode: Type.Integer(),
+    error: Type.String({ description: 'HTTP reason phrase' }),
+    message: Type.String({ description: 'What is wrong; names the offending field' }),
+    details: Type.Optional(Type.Array(ValidationIssue, { description: 'Every problem found, for configuration validation errors' })),
+  },
+  { $id: 'Error' },
+);
+
+export const Role = Type.Union([Type.Literal('admin'), Type.Literal('read-only')]);
+export const ApiToken = Type.Object(
+  { name: Name, role: Role, createdAt: Type.String({ format: 'date-time' }) },
+  { $id: 'ApiToken', additionalProperties: false },
+);
+export type ApiToken = Static<typeof ApiToken>;
+export const NewApiToken = Type.Object({ name: Name, role: Role }, { $id: 'NewApiToken', additionalProperties: false });
+export const CreatedApiToken = Type.Object(
+  { name: Name, role: Role, token: Type.String({ description: 'The bearer token; shown only in this response' }) },
+  { $id: 'CreatedApiToken' },
+);
+
+/** `GET /v1/config`: the configuration with the version it has. */
+export const ConfigExport = Type.Object(
+  { version: Type.Integer({ minimum: 0, readOnly: true }), ...Config.properties },
+  { $id: 'ConfigExport', additionalProperties: false },
+);
+
+export const CrlSourceWithStatus = Type.Object(
+  { ...CrlSource.properties, status: { ...CrlStatus, readOnly: true } },
+  { $id: 'CrlSourceWithStatus', additionalProperties: false },
+);
+
+export const LdapProfileTest = Type.Union(
+  [
+    Type.Object(
+      { query: Type.Literal('certificate'), certificatePem: Type.String({ minLength: 1, maxLength: 1_000_000 }) },
+      { additionalProperties: false },
+    ),
+    Type.Object(
+      { query: Type.Literal('smtpAuth'), username: Type.String({ minLength: 1, maxLength: 256 }), password: Type.String({ maxLength: 1024, writeOnly: true }) },
+      { additionalProperties: false },
+    ),
+  ],
+  { $id: 'LdapProfileTest' },
+);
+
+export const LdapProfileTestResult = Type.Object(
+  {
+    matched: Type.Boolean({ description: 'An entry was found' }),
+    dn: Type.Union([Type.String(), Type.Null()]),
+    userId: Type.Union([Type.String(), Type.Null()]),
+    authenticated: Type.Union([Type.Boolean(), Type.Null()], { description: 'The password was right (smtpAuth only)' }),
+    allowed: Type.Union([Type.Boolean(), Type.Null()], { description: 'The allowance query admits the user (smtpAuth only)' }),
+    durationMs: Type.Number(),
+    filter: Type.String({ description: 'The filter as sent to the directory' }),
+  },
+  { $id: 'LdapProfileTestResult' },
+);
+
+export const Health = Type.Object(
+  { status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]), redis: Type.Union([Type.Literal('up'), Type.Literal('down')]) },
+  { $id: 'Health' },
+);
+
+/** Every schema to register, in a stable order (it is the order of the OpenAPI components). */
+export const COMPONENT_SCHEMAS: TSchema[] = [
+  LdapProfile,
+  LdapAuthProfile,
+  CertificateAuthProfile,
+  SmtpAuthProfile,
+  MailFlowPolicy,
+  Listener,
+  CrlSource,
+  CrlStatus,
+  CrlSourceWithStatus,
+  CrlSettings,
+  Config,
+  ConfigExport,
+  SessionEvent,
+  WorkerStatus,
+  AuditEntry,
+  ApiToken,
+  NewApiToken,
+  CreatedApiToken,
+  LdapProfileTest,
+  LdapProfileTestResult,
+  Health,
+  ErrorResponse,
+].map((schema) => referencing(schema, true));
+
+/**
+ * A deep copy of `schema` in which every nested schema with an `$id` became `{ $ref }`,
+ * and every union of objects told apart by a constant property (`type: "ldap"` or
+ * `"certificate"`) became a `oneOf` with a `discriminator`: Ajv then validates only the
+ * member the client meant (one precise error instead of one per member, and defaults of
+ * that member applied), and OpenAPI tools show the choice.
+ */
+function referencing(schema: unknown, root = false): TSchema {
+  if (Array.isArray(schema)) return schema.map((s) => referencing(s)) as unknown as TSchema;
+  if (schema === null || typeof schema !== 'object') return schema as TSchema;
+  const object = schema as Record<string, unknown>;
+  if (!root && typeof object.$id === 'string') {
+    // Annotations put on the use site (readOnly, description) stay next to the reference.
+    const { $id, ...rest } = object;
+    return { $ref: $id, ...pick(rest, ['readOnly', 'writeOnly']) } as TSchema;
+  }
+  const copy = Object.fromEntries(Object.entries(object).map(([k, v]) => [k, referencing(v)]));
+  const tag = Array.isArray(object.anyOf) ? discriminatorOf(object.anyOf) : undefined;
+  if (!tag) return copy as TSchema;
+  const { anyOf, ...rest } = copy;
+  return { ...rest, type: 'object', oneOf: anyOf, discriminator: { propertyName: tag } } as TSchema;
+}
+
+/** The property every member of a union of objects fixes to a constant, if there is one. */
+function discriminatorOf(members: unknown[]): string | undefined {
+  type Member = { properties?: Record<string, { const?: unknown }> };
+  const properties = (members as Member[]).map((m) => m.properties);
+  if (properties.length < 2 || properties.some((p) => !p)) return undefined;
+  return Object.keys(properties[0] ?? {}).find((key) => properties.every((p) => typeof p?.[key]?.const === 'string'));
+}
+
+function pick(object: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  return Object.fromEntries(keys.filter((k) => k in object).map((k) => [k, object[k]]));
+}
+
+/** Error responses a route declares, by status code (documented, and serialized with `details`). */
+export function errorResponses(...codes: number[]): Record<number, ReturnType<typeof ref<typeof ErrorResponse>>> {
+  return Object.fromEntries(codes.map((code) => [code, { ...ref(ErrorResponse), description: ERROR_DESCRIPTIONS[code] ?? STATUS_CODES[code] }]));
+}
+
+const ERROR_DESCRIPTIONS: Record<number, string> = {
+  400: 'Invalid request: the message names the offending field',
+  401: 'Missing or invalid bearer token',
+  403: 'The token is read-only',
+  404: 'No such resource',
+  409: 'Name already exists, resource still referenced, or concurrent changes',
+  412: 'If-Match does not name the current configuration version',
+  501: 'Not implemented yet',
+};
+
+/**
+ * preValidation hook filling defaults into the body with TypeBox before Ajv validates it.
+ * Ajv cannot: it ignores defaults inside `anyOf` (nullable objects such as `tls`, and the
+ * single-member unions used to give an object a default), so `required` would reject a
+ * body that leaves out a defaulted property there.
+ */
+export function fillDefaults(schema: TSchema) {
+  return async (request: FastifyRequest) => {
+    Value.Default(schema, request.body);
+  };
+}

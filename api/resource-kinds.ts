@@ -1,0 +1,54 @@
+// The five configuration resources served under /v1 by the generic routes of
+// resource-routes.ts: where each lives in the configuration, its URL and its schema.
+import type { TSchema } from 'typebox';
+import type { Redis } from 'ioredis';
+import { keys } from '../shared/redis-keys.ts';
+import type { Collection } from '../shared/config-validate.ts';
+import { CrlSource, LdapProfile, Listener, MailFlowPolicy, SmtpAuthProfile, type CrlStatus } from '../shared/schemas.ts';
+import { CrlSourceWithStatus } from './http-schemas.ts';
+
+export interface ResourceKind {
+  collection: Collection;
+  /** URL segment under /v1, also the resource kind in the audit log. */
+  path: string;
+  /** Singular PascalCase noun for operation ids (`createLdapProfile`). */
+  noun: string;
+  /** Schema of one item; it has an `$id` (it is an OpenAPI component). */
+  schema: TSchema;
+  /** Extra read-only data `GET /{name}` adds to the item, with the schema of the result. */
+  detail?: { schema: TSchema; load(redis: Redis, name: string): Promise<Record<string, unknown>> };
+}
+
+const NEVER_ATTEMPTED: CrlStatus = {
+  lastAttemptAt: null,
+  lastError: null,
+  lastSuccessAt: null,
+  url: null,
+  issuer: null,
+  thisUpdate: null,
+  nextUpdate: null,
+  crlNumber: null,
+  revokedCount: null,
+  sha256: null,
+  bytes: null,
+};
+
+/** The CRL scheduler's record of a source's downloads (all null until the first attempt). */
+async function crlStatus(redis: Redis, name: string): Promise<{ status: CrlStatus }> {
+  const json = await redis.get(keys.crlStatus(name));
+  return { status: { ...NEVER_ATTEMPTED, ...(json === null ? {} : (JSON.parse(json) as Partial<CrlStatus>)) } };
+}
+
+export const RESOURCE_KINDS: ResourceKind[] = [
+  { collection: 'ldapProfiles', path: 'ldap-profiles', noun: 'LdapProfile', schema: LdapProfile },
+  { collection: 'smtpAuthProfiles', path: 'smtp-auth-profiles', noun: 'SmtpAuthProfile', schema: SmtpAuthProfile },
+  { collection: 'mailFlowPolicies', path: 'mail-flow-policies', noun: 'MailFlowPolicy', schema: MailFlowPolicy },
+  { collection: 'listeners', path: 'listeners', noun: 'Listener', schema: Listener },
+  {
+    collection: 'crlSources',
+    path: 'crl-sources',
+    noun: 'CrlSource',
+    schema: CrlSource,
+    detail: { schema: CrlSourceWithStatus, load: crlStatus },
+  },
+];

@@ -1,0 +1,44 @@
+// The configuration version as seen over HTTP: every response about the configuration
+// carries `ETag: "<version>"`, and a write with `If-Match: "<version>"` is applied only if
+// nobody changed the configuration since that version (412 otherwise).
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import { updateConfig } from '../shared/config-store.ts';
+import type { NewAuditEntry } from '../shared/audit.ts';
+import type { Config, VersionedConfig } from '../shared/schemas.ts';
+import type { ConfigCache } from './config-cache.ts';
+import { principalOf } from './auth.ts';
+import { preconditionFailed } from './errors.ts';
+
+export function setVersion(reply: FastifyReply, version: number): void {
+  void reply.header('etag', `"${version}"`);
+}
+
+/** The version `If-Match` requires, or undefined when any will do (absent or `*`). */
+function requiredVersion(request: FastifyRequest): number | undefined {
+  const header = request.headers['if-match']?.trim();
+  if (header === undefined || header === '*') return undefined;
+  const match = /^"([0-9]{1,15})"$|^([0-9]{1,15})$/.exec(header);
+  if (!match) throw preconditionFailed(`If-Match must be a configuration version as sent in ETag, like "12"; got ${header}`);
+  return Number(match[1] ?? match[2]);
+}
+
+export interface ConfigWriter {
+  /**
+   * Applies `change` for this request: honours If-Match, audits it under the caller's
+   * token, sets the ETag of the new version and returns what was written.
+   */
+  (request: FastifyRequest, reply: FastifyReply, change: (c: Config) => Config, audit: Pick<NewAuditEntry, 'kind' | 'name' | 'action'>): Promise<VersionedConfig>;
+}
+
+export function configWriter(redis: Redis, cache: ConfigCache): ConfigWriter {
+  return async (request, reply, change, audit) => {
+    const written = await updateConfig(redis, change, {
+      expectedVersion: requiredVersion(request),
+      audit: { ...audit, token: principalOf(request).name },
+    });
+    cache.offer(written);
+    setVersion(reply, written.version);
+    return written;
+  };
+}
