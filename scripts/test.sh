@@ -67,7 +67,9 @@ leftover_pids() {
 
 cleanup() {
   local rc=$? left
-  trap - EXIT INT TERM HUP
+  trap - EXIT
+  trap '' INT TERM HUP # a second Ctrl-C or SIGTERM must not cut the cleanup short
+  set +m # no job status lines while stopping
   left=$(leftover_pids)
   left=${left//$'\n'/ }
   if [ -n "$runner_pgid" ]; then kill -TERM -- "-$runner_pgid" 2>/dev/null || true; fi
