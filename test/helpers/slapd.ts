@@ -1,0 +1,258 @@
+/**
+ * A throwaway OpenLDAP slapd for integration tests.
+ *
+ * Everything lives in a temp directory (config, mdb database, pid file) and
+ * the server listens on a free loopback port. Only asynchronous child
+ * processes are used: tests host servers in the same process, and a
+ * synchronous child process would block their event loop.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Client } from 'ldapts';
+
+const execFileAsync = promisify(execFile);
+
+const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
+const SLAPD = '/usr/sbin/slapd';
+const SLAPADD = '/usr/sbin/slapadd';
+const SCHEMA_DIR = '/etc/ldap/schema';
+
+export interface Slapd {
+  /** `ldap://127.0.0.1:PORT` */
+  url: string;
+  port: number;
+  baseDn: string;
+  rootDn: string;
+  rootPassword: string;
+  /** Temp directory holding config, database and pid file (removed by stop()). */
+  dir: string;
+  /** With `tls: true`: `ldaps://127.0.0.1:TLSPORT` and the CA that signed the server certificate. */
+  ldapsUrl?: string;
+  caPem?: string;
+  add(ldif: string): Promise<void>;
+  modify(ldif: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface StartSlapdOptions {
+  /** Extra LDIF loaded with slapadd before the server starts (after base.ldif). */
+  ldif?: string;
+  /**
+   * Also listen on ldaps:// and allow StartTLS, with a server certificate for
+   * 127.0.0.1 signed by a fresh CA (returned as `caPem`). Needs openssl.
+   */
+  tls?: boolean;
+}
+
+const BASE_DN = 'dc=example,dc=com';
+const ROOT_DN = 'cn=admin,dc=example,dc=com';
+const ROOT_PASSWORD = 'admin-secret';
+
+export async function startSlapd(opts: StartSlapdOptions = {}): Promise<Slapd> {
+  await assertInstalled();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'certgate-slapd-'));
+  try {
+    const tls = opts.tls ? await makeServerCertificate(dir) : null;
+    // The port is found by binding port 0 and releasing it; another process
+    // could grab it in between, so a failed start is retried on a new port.
+    let lastError: unknown;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const port = await freePort();
+      const tlsPort = tls ? await freePort() : null;
+      const dataDir = path.join(dir, `data-${attempt}`);
+      await mkdir(dataDir);
+      const conf = path.join(dir, 'slapd.conf');
+      await writeFile(conf, slapdConf(dir, dataDir, tls));
+      await slapadd(dir, conf, opts.ldif ?? '');
+      const urls = [`ldap://127.0.0.1:${port}/`, ...(tlsPort ? [`ldaps://127.0.0.1:${tlsPort}/`] : [])];
+      try {
+        const child = await launch(conf, urls, `ldap://127.0.0.1:${port}`);
+        return makeHandle(dir, port, child, tlsPort, tls?.caPem);
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    throw lastError instanceof Error ? lastError : new Error(String(lastError));
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function assertInstalled(): Promise<void> {
+  for (const bin of [SLAPD, SLAPADD, '/usr/bin/ldapadd', '/usr/bin/ldapmodify']) {
+    try {
+      await access(bin, fsConstants.X_OK);
+    } catch {
+      throw new Error(`${bin} not found: install the Debian packages slapd and ldap-utils (apt-get install -y slapd ldap-utils)`);
+    }
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+  caPem: string;
+}
+
+function slapdConf(dir: string, dataDir: string, tls: TlsFiles | null): string {
+  const schemas = ['core', 'cosine', 'inetorgperson', 'nis'].map((s) => `include ${SCHEMA_DIR}/${s}.schema`);
+  return [
+    ...schemas,
+    `include ${path.join(FIXTURES, 'cac.schema')}`,
+    `pidfile ${path.join(dir, 'slapd.pid')}`,
+    `argsfile ${path.join(dir, 'slapd.args')}`,
+    'modulepath /usr/lib/ldap',
+    'moduleload back_mdb',
+    // {SSHA256}/{SSHA512} userPassword values for simple binds.
+    'moduleload pw-sha2',
+    ...(tls
+      ? [`TLSCACertificateFile ${tls.caFile}`, `TLSCertificateFile ${tls.certFile}`, `TLSCertificateKeyFile ${tls.keyFile}`]
+      : []),
+    'database mdb',
+    'maxsize 67108864',
+    `suffix "${BASE_DN}"`,
+    `rootdn "${ROOT_DN}"`,
+    `rootpw ${ROOT_PASSWORD}`,
+    `directory ${dataDir}`,
+    // Users may bind (and change their own password); nobody but the rootdn
+    // (which bypasses ACLs) reads userPassword; anonymous may search the rest.
+    'access to attrs=userPassword',
+    '  by self write',
+    '  by anonymous auth',
+    '  by * none',
+    'access to *',
+    '  by * read',
+    '',
+  ].join('\n');
+}
+
+async function slapadd(dir: string, conf: string, extraLdif: string): Promise<void> {
+  const base = await readFile(path.join(FIXTURES, 'base.ldif'), 'utf8');
+  const file = path.join(dir, 'initial.ldif');
+  await writeFile(file, `${base.trimEnd()}\n\n${extraLdif.trim()}\n`);
+  await run(SLAPADD, ['-q', '-f', conf, '-l', file]);
+}
+
+async function run(bin: string, args: string[]): Promise<void> {
+  try {
+    await execFileAsync(bin, args, { timeout: 30_000 });
+  } catch (err) {
+    const e = err as Error & { stderr?: string; stdout?: string };
+    throw new Error(`${path.basename(bin)} failed: ${(e.stderr ?? '').trim() || (e.stdout ?? '').trim() || e.message}`, { cause: err });
+  }
+}
+
+/** Starts slapd in the foreground (`-d 0`: no fork, no debug output) and waits until it answers. */
+async function launch(conf: string, urls: string[], url: string): Promise<ChildProcess> {
+  const child = spawn(SLAPD, ['-d', '0', '-h', urls.join(' '), '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    stderr = (stderr + chunk).slice(-4000);
+  });
+  let exited: string | null = null;
+  child.once('exit', (code, signal) => {
+    exited = `slapd exited (${signal ?? code}) during start: ${stderr.trim() || 'no output'}`;
+  });
+  child.once('error', (err) => {
+    exited = `slapd could not be started: ${err.message}`;
+  });
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (exited) throw new Error(exited);
+    if (await answers(url)) return child;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`slapd did not answer on ${url} within 10 s: ${stderr.trim()}`);
+}
+
+async function answers(url: string): Promise<boolean> {
+  const client = new Client({ url, timeout: 1000, connectTimeout: 1000 });
+  try {
+    await client.search(BASE_DN, { scope: 'base', attributes: ['1.1'] });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.unbind().catch(() => undefined);
+  }
+}
+
+function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: number | null, caPem: string | undefined): Slapd {
+  const url = `ldap://127.0.0.1:${port}`;
+  let ldifSeq = 0;
+  const ldapTool = async (tool: 'ldapadd' | 'ldapmodify', ldif: string): Promise<void> => {
+    const file = path.join(dir, `change-${++ldifSeq}.ldif`);
+    await writeFile(file, ldif.trim() + '\n');
+    await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', ROOT_PASSWORD, '-f', file]);
+  };
+  let stopped: Promise<void> | null = null;
+  return {
+    url,
+    port,
+    baseDn: BASE_DN,
+    rootDn: ROOT_DN,
+    rootPassword: ROOT_PASSWORD,
+    dir,
+    ...(tlsPort ? { ldapsUrl: `ldaps://127.0.0.1:${tlsPort}`, caPem } : {}),
+    add: (ldif) => ldapTool('ldapadd', ldif),
+    modify: (ldif) => ldapTool('ldapmodify', ldif),
+    stop: () => (stopped ??= stop(child, dir)),
+  };
+}
+
+async function stop(child: ChildProcess, dir: string): Promise<void> {
+  const pid = await readFile(path.join(dir, 'slapd.pid'), 'utf8')
+    .then((s) => Number.parseInt(s.trim(), 10))
+    .catch(() => child.pid);
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    // The pid file names the same process (slapd -d does not fork); fall back to the child handle.
+    try {
+      process.kill(pid ?? child.pid ?? 0, 'SIGTERM');
+    } catch {
+      child.kill('SIGTERM');
+    }
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** A CA and a server certificate for 127.0.0.1 / localhost (EC P-256: fast to generate). */
+async function makeServerCertificate(dir: string): Promise<TlsFiles> {
+  const f = (name: string): string => path.join(dir, name);
+  const ecKey = (out: string): Promise<void> => run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', out]);
+  await ecKey(f('ca.key'));
+  await run('openssl', ['req', '-x509', '-new', '-key', f('ca.key'), '-subj', '/CN=certgate test LDAP CA', '-days', '2', '-out', f('ca.pem')]);
+  await ecKey(f('server.key'));
+  await run('openssl', ['req', '-new', '-key', f('server.key'), '-subj', '/CN=127.0.0.1', '-out', f('server.csr')]);
+  await writeFile(f('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  await run('openssl', [
+    'x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+    '-days', '2', '-extfile', f('server.ext'), '-out', f('server.pem'),
+  ]);
+  return { certFile: f('server.pem'), keyFile: f('server.key'), caFile: f('ca.pem'), caPem: await readFile(f('ca.pem'), 'utf8') };
+}
