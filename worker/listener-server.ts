@@ -48,6 +48,8 @@ export function createListenerServer(initial: Listener, hooks: ListenerServerHoo
     logger: false,
     disableReverseLookup: true,
     closeTimeout: 30_000,
+    // RFC 5321 §4.5.3.2.7: at least 5 minutes; the client also waits while the next hop decides.
+    socketTimeout: 300_000,
     createController: ({ remoteAddress, session: s }) => {
       const runtime = hooks.runtime();
       hooks.onSessionOpen(runtime.listener.name);

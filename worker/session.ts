@@ -219,7 +219,8 @@ export class Session implements SessionController {
     message.pipe(counter);
     const hop = this.runtime.listener.nextHop;
     const result = await this.deps.relay(
-      { host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname },
+      // The final reply must come before the client's own 5-minute timeout runs out.
+      { host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname, finalReplyTimeoutMs: 240_000 },
       { from, to, smtpUtf8: Boolean(env.smtpUtf8), body8bit: env.bodyType === '8bitmime' },
       prefix,
       counter,

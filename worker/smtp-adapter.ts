@@ -79,6 +79,8 @@ class GatewayConnection extends SMTPConnection {
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     if (this.inEhlo && code === 250 && Array.isArray(data)) {
       data = [data[0] ?? '', ...featureLines(this.controller.ehloFeatures())];
+    } else if (typeof data === 'string') {
+      data = LIBRARY_REPLY_TEXT[`${this.currentCommand} ${code} ${data}`] ?? data;
     }
     super.send(code, data, context);
     const text = Array.isArray(data) ? data.join('\n') : (data ?? '');
@@ -91,6 +93,17 @@ class GatewayConnection extends SMTPConnection {
     server.withCertificateRequest(this.controller.requestsCertificate(), () => super.upgrade(callback, secureCallback));
   }
 }
+
+/**
+ * smtp-server's own success texts carry no enhanced status code; SPEC §3 wants
+ * `235 2.7.0`, and the rest get theirs for consistency (RFC 3463).
+ */
+const LIBRARY_REPLY_TEXT: Record<string, string> = {
+  'AUTH 235 Authentication successful': '2.7.0 Authentication successful',
+  'MAIL 250 Accepted': '2.1.0 Ok',
+  'RCPT 250 Accepted': '2.1.5 Ok',
+  'QUIT 221 Bye': '2.0.0 Bye',
+};
 
 function featureLines(f: EhloFeatures): string[] {
   const lines = ['PIPELINING', '8BITMIME', 'SMTPUTF8', `SIZE ${f.size}`];
