@@ -453,8 +453,9 @@ function parseCrlDer(der: Buffer): Omit<ParsedCrl, 'sha256' | 'bytes'> {
   const signatureAlgorithmParams = sigOidT.end < sigAlg.end ? der.subarray(sigOidT.end, sigAlg.end) : null;
   if (sigVal.end - sigVal.contentStart < 2 || der[sigVal.contentStart] !== 0) throw notACrl('malformed signature BIT STRING');
 
+  // An empty revokedCertificates SEQUENCE is not DER (RFC 5280 says omit it), but it is
+  // unambiguous, OpenSSL reads it, and refusing it would only keep an older CRL in force.
   const revoked = revokedSeq ? indexRevoked(der, revokedSeq.contentStart, revokedSeq.end) : RevokedSerials.fromSerials([]);
-  if (revokedSeq && revoked.count === 0) throw notACrl('empty revokedCertificates sequence (DER omits it)');
 
   return {
     issuerDn: formatName(der, issuer),

@@ -254,12 +254,13 @@ describe('crl', () => {
         [make(withExtensions(p.exts, ext('2.5.29.28', true, tlv(0x30, tlv(0x83, Buffer.from([0x07, 0x80])))))), /onlySomeReasons/],
         [make(withExtensions(p.exts, ext('2.5.29.28', true, tlv(0x30, tlv(0x84, Buffer.from([0xff])))))), /indirect CRL/],
         [make(p.exts, tlv(0x30, revokedEntry(Buffer.from([1]), tlv(0x30, ext('2.5.29.29', true, tlv(0x30)))))), /indirect CRL entries/],
-        [make(p.exts, tlv(0x30)), /empty revokedCertificates/],
         [signCrl(pki.intermediate, tlv(0x30, oidDer('1.2.840.10045.4.3.3')), [p.version, p.alg, p.issuer, p.thisUpdate, p.nextUpdate, p.revoked!, p.exts]), /signature algorithm inside and outside/],
         [signCrl(pki.intermediate, p.alg, [tlv(0x02, Buffer.from([2])), p.alg, p.issuer, p.thisUpdate, p.nextUpdate, p.revoked!, p.exts]), /unsupported version/],
         [signCrl(pki.intermediate, p.alg, [p.version, p.alg, p.issuer, tlv(0x17, Buffer.from('261301000000Z')), p.nextUpdate]), /invalid date|malformed/],
       ];
       for (const [data, re] of cases) assert.throws(() => parseCrl(data, 'asn1'), re);
+      // An empty (non-DER) revokedCertificates SEQUENCE is read as "none revoked".
+      assert.equal(parseCrl(make(p.exts, tlv(0x30)), 'asn1').revokedCount, 0);
       // Only the IDP flags that narrow the scope are refused; a plain distribution point name is fine.
       const idpName = ext('2.5.29.28', true, tlv(0x30, tlv(0xa0, tlv(0xa0, tlv(0x86, Buffer.from('http://crl.example.mil/x.crl'))))));
       assert.equal(parseCrl(make(withExtensions(p.exts, idpName)), 'asn1').revokedCount, 4);
