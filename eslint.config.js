@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'dist/**', 'openapi/**'] },
+  { ignores: ['node_modules/**', 'dist/**', 'openapi/**', '.tmp/**', '.scratch*/**', '.demo/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

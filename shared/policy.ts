@@ -3,6 +3,7 @@
 // No I/O here. The worker's smtp-server adapter gathers the facts, calls these and applies
 // the answer; each rule of §3 lives in exactly one function below, named after it.
 import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy } from './schemas.ts';
+import { domainToASCII } from 'node:url';
 import { matchesCidr } from './cidr.ts';
 
 export interface Reply { code: number; text: string }
@@ -24,6 +25,7 @@ export const REPLIES = {
   tooManyRecipients: reply(452, '4.5.3 Too many recipients'),
   messageTooBig: reply(552, '5.3.4 Message size exceeds fixed maximum message size'),
   startTlsNotAvailable: reply(502, '5.5.1 Error: STARTTLS not available'),
+  authAborted: reply(501, '5.7.0 Authentication aborted'),
 } as const;
 
 // ---------------------------------------------------------------- the facts a session carries
@@ -119,7 +121,7 @@ export interface HandshakeDecision {
  */
 export function afterHandshake(s: SessionState, cert: CertificateCheck): HandshakeDecision {
   const verify = s.policy.verifyClientCertificate;
-  const refuse = (reason: string, r: Reply = reply(554, `5.7.1 ${REFUSAL_TEXT[reason] ?? `Client certificate rejected: ${reason}`}`)): HandshakeDecision =>
+  const refuse = (reason: string, r: Reply = reply(554, `5.7.1 ${REFUSAL_TEXT.get(reason) ?? `Client certificate rejected: ${reason}`}`)): HandshakeDecision =>
     ({ refuse: r, user: null, reason });
   const goOn = (reason: string): HandshakeDecision => ({ refuse: null, user: null, reason });
 
@@ -149,19 +151,19 @@ const DIRECTORY_REASON = {
   unavailable: 'directory-unavailable',
 } as const;
 
-const REFUSAL_TEXT: Record<string, string> = {
-  'no-certificate': 'Client certificate required',
-  expired: 'Client certificate expired',
-  'not-yet-valid': 'Client certificate not yet valid',
-  'untrusted-issuer': 'Client certificate not issued by a trusted CA',
-  'bad-key-usage': 'Client certificate not valid for client authentication',
-  'bad-signature': 'Client certificate signature invalid',
-  revoked: 'Client certificate revoked',
-  'crl-expired': 'Revocation data for the client certificate has expired',
-  'not-in-directory': 'Client certificate not listed in the directory',
-  'ambiguous-directory-match': 'Client certificate matches more than one directory entry',
-  'certificate-field-missing': 'Client certificate lacks a field the directory query needs',
-};
+const REFUSAL_TEXT = new Map<string, string>([
+  ['no-certificate', 'Client certificate required'],
+  ['expired', 'Client certificate expired'],
+  ['not-yet-valid', 'Client certificate not yet valid'],
+  ['untrusted-issuer', 'Client certificate not issued by a trusted CA'],
+  ['bad-key-usage', 'Client certificate not valid for client authentication'],
+  ['bad-signature', 'Client certificate signature invalid'],
+  ['revoked', 'Client certificate revoked'],
+  ['crl-expired', 'Revocation data for the client certificate has expired'],
+  ['not-in-directory', 'Client certificate not listed in the directory'],
+  ['ambiguous-directory-match', 'Client certificate matches more than one directory entry'],
+  ['certificate-field-missing', 'Client certificate lacks a field the directory query needs'],
+]);
 
 // ---------------------------------------------------------------- rules 4 and 5: AUTH
 
@@ -192,6 +194,8 @@ export function ehloFeatures(s: SessionState): EhloFeatures {
 /** What to do with `AUTH <mechanism> [initial-response]`. */
 export type AuthCommandDecision =
   | { action: 'reply'; reply: Reply; reason: string }
+  /** RFC 4954: no initial response; send an empty `334 ` challenge and decide on the client's answer. */
+  | { action: 'challenge' }
   /** Run the SASL exchange (PLAIN or LOGIN) against `profile`. */
   | { action: 'sasl'; profile: LdapAuthProfile };
 
@@ -207,6 +211,8 @@ export function authCommand(s: SessionState, mechanism: string, initialResponse:
 
   if (s.user?.method === 'certificate') {
     if (mech !== 'EXTERNAL') return answer(REPLIES.alreadyAuthenticated, 'authenticated-by-certificate');
+    if (initialResponse === undefined) return { action: 'challenge' };
+    if (initialResponse === '*') return answer(REPLIES.authAborted, 'auth-aborted');
     const identity = decodeAuthzid(initialResponse);
     return identity === '' || identity === s.user.id
       ? answer(REPLIES.authSucceeded, 'external-accepted')
@@ -221,9 +227,17 @@ export function authCommand(s: SessionState, mechanism: string, initialResponse:
   return { action: 'sasl', profile };
 }
 
-/** RFC 4422 / RFC 4954: absent or `=` means an empty response; otherwise base64. Undecodable → a value that matches no one. */
-function decodeAuthzid(initialResponse: string | undefined): string | null {
-  if (initialResponse === undefined || initialResponse === '=') return '';
+/**
+ * The answer to the `334 ` challenge of AUTH EXTERNAL: RFC 4954 §4 takes an empty line as
+ * an empty response (as `=` is in an initial response) and `*` as cancelling.
+ */
+export function externalContinuation(s: SessionState, line: string): AuthCommandDecision {
+  return authCommand(s, 'EXTERNAL', line.trim() === '' ? '=' : line.trim());
+}
+
+/** RFC 4422 / RFC 4954: `=` means an empty response; otherwise base64. Undecodable → a value that matches no one. */
+function decodeAuthzid(initialResponse: string): string | null {
+  if (initialResponse === '=') return '';
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(initialResponse)) return null;
   return Buffer.from(initialResponse, 'base64').toString('utf8');
 }
@@ -284,8 +298,13 @@ export function rcptToReply(s: SessionState, recipient: string, acceptedDomains:
 function isAcceptedDomain(recipient: string, acceptedDomains: readonly string[]): boolean {
   const at = recipient.lastIndexOf('@');
   if (at < 0) return false;
-  const domain = recipient.slice(at + 1).toLowerCase().replace(/\.$/, '');
-  return acceptedDomains.some((d) => d.toLowerCase() === domain);
+  const domain = canonicalDomain(recipient.slice(at + 1));
+  return domain !== '' && acceptedDomains.some((d) => canonicalDomain(d) === domain);
+}
+
+/** Lower case, no trailing dot, IDNs as their `xn--` A-label form (SMTPUTF8 clients send U-labels). */
+function canonicalDomain(d: string): string {
+  return domainToASCII(d.replace(/\.$/, '')).toLowerCase();
 }
 
 /** After the message: over the policy's size limit (counted while streaming). */

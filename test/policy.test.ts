@@ -9,6 +9,7 @@ import {
   REPLIES,
   afterHandshake,
   authCommand,
+  externalContinuation,
   authMechanisms,
   authOutcome,
   connectReply,
@@ -581,7 +582,7 @@ const INITIAL_RESPONSES: Record<string, string | undefined> = {
   'garbage(only padding)': '====',
 };
 
-type ExpectedAuth = { action: 'reply'; reply: Expected } | { action: 'sasl'; profile: LdapAuthProfile };
+type ExpectedAuth = { action: 'reply'; reply: Expected } | { action: 'sasl'; profile: LdapAuthProfile } | { action: 'challenge' };
 
 /** SPEC rules 2, 4 and 5 for `AUTH <mechanism> [initial-response]`. */
 function expectedAuthCommand(c: ReturnType<typeof sessionStates>[number], mechanism: string, irName: string): ExpectedAuth {
@@ -593,7 +594,9 @@ function expectedAuthCommand(c: ReturnType<typeof sessionStates>[number], mechan
   if (user?.method === 'certificate') {
     // rule 4: AUTH EXTERNAL with an empty or the matching authorization identity → 235; any other AUTH → 503
     if (mech !== 'EXTERNAL') return r(X.badSequence);
-    const matching = ['undefined', '=', 'b64(user id)', 'b64(user id, no padding)'].includes(irName);
+    // RFC 4954 §4: without an initial response the server sends an empty 334 challenge
+    if (irName === 'undefined') return { action: 'challenge' };
+    const matching = ['=', 'b64(user id)', 'b64(user id, no padding)'].includes(irName);
     return r(matching ? X.authSucceeded : X.authFailed);
   }
   if (user) return r(X.badSequence); // already authenticated (RFC 4954: 503)
@@ -605,6 +608,10 @@ function expectedAuthCommand(c: ReturnType<typeof sessionStates>[number], mechan
 }
 
 function assertAuthDecision(actual: AuthCommandDecision, expected: ExpectedAuth, what: string): void {
+  if (expected.action === 'challenge') {
+    assert.equal(actual.action, 'challenge', `${what}: expected a 334 challenge, got ${JSON.stringify(actual)}`);
+    return;
+  }
   if (expected.action === 'sasl') {
     assert.equal(actual.action, 'sasl', `${what}: expected a SASL exchange, got ${JSON.stringify(actual)}`);
     if (actual.action === 'sasl') assert.equal(actual.profile, expected.profile, `${what}: SASL profile`);
@@ -904,7 +911,7 @@ describe('§4 deployments walked through the rules', () => {
 
 // ================================================================ where shared/policy.ts and the SPEC disagree
 
-describe('spec discrepancies', () => {
+describe('accepted domains as an administrator writes them (trailing dot, IDN)', () => {
   // SPEC §3 rule 7: `accept` takes "only acceptedDomains"; §2.5's schema lets an administrator
   // write an accepted domain as a fully qualified name with its trailing dot. Where the SPEC
   // is silent, an administrator expects `example.com.` to accept mail for user@example.com,
@@ -930,3 +937,16 @@ describe('spec discrepancies', () => {
     assertReply(rcptToReply(s, 'user@bucher.example', ['xn--bcher-kva.example'], 0), X.relayDenied, 'a different domain stays refused');
   });
 });
+
+describe('AUTH EXTERNAL without initial response: the answer to the 334 challenge', () => {
+  const s = state({ secure: true, user: { id: USER_ID, method: 'certificate' } });
+  const cases: Array<[string, number]> = [['', 235], ['=', 235], [b64(USER_ID), 235], [b64(OTHER_ID), 535], ['*', 501]];
+  for (const [line, code] of cases) {
+    test(`answer ${JSON.stringify(line)} → ${code}`, () => {
+      const d = externalContinuation(s, line);
+      assert.equal(d.action, 'reply', JSON.stringify(d));
+      if (d.action === 'reply') assert.equal(d.reply.code, code, JSON.stringify(d));
+    });
+  }
+});
+

@@ -2,17 +2,17 @@
 // shared/policy.ts what to reply, applies it, and records events. No rule is decided here.
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import type { SMTPServerSession } from 'smtp-server';
 import {
   afterHandshake, authCommand, authOutcome, connectReply, ehloFeatures, mailFromReply, rcptToReply,
   receivedProtocol, REPLIES, requestsClientCertificate, sizeExceeded, startTlsCommandReply, startTlsGate,
-  type AllowanceCheck, type AuthSetup, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
+  externalContinuation, type AllowanceCheck, type AuthCommandDecision, type AuthSetup, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
   type EhloFeatures, type Reply, type SessionState,
 } from '../shared/policy.ts';
 import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../shared/schemas.ts';
 import { certificateFacts, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
-import type { SessionController } from './smtp-adapter.ts';
+import type { Challenge, SessionController } from './smtp-adapter.ts';
 import type { NextHopTarget, RelayResult } from './next-hop.ts';
 import { receivedHeader } from './received.ts';
 
@@ -86,7 +86,7 @@ export class Session implements SessionController {
     return ehloFeatures(this.state);
   }
 
-  beforeCommand(command: string, args: string[]): Reply | null {
+  beforeCommand(command: string, args: string[]): Reply | Challenge | null {
     if (command === 'MAIL' || command === 'RCPT' || command === 'DATA') {
       const gate = startTlsGate(this.state);
       if (gate) this.event({ outcome: 'rejected', reason: 'tls-required', command, reply: format(gate) });
@@ -95,10 +95,16 @@ export class Session implements SessionController {
     if (command === 'STARTTLS') return startTlsCommandReply(this.state);
     if (command !== 'AUTH') return null;
     const mechanism = (args[0] ?? '').toUpperCase();
-    const decision = authCommand(this.state, mechanism, args[1]);
+    return this.authDecision(authCommand(this.state, mechanism, args[1]), mechanism);
+  }
+
+  private authDecision(decision: AuthCommandDecision, mechanism: string): Reply | Challenge | null {
     if (decision.action === 'sasl') {
       this.saslProfile = decision.profile;
       return null;
+    }
+    if (decision.action === 'challenge') {
+      return { answer: (line) => this.authDecision(externalContinuation(this.state, line), mechanism) as Reply };
     }
     const accepted = decision.reply.code === 235;
     const method = mechanism === 'EXTERNAL' ? 'certificate' : 'smtp-auth';
@@ -240,14 +246,16 @@ export class Session implements SessionController {
   // ------------------------------------------------------------ helpers
 
   private async checkCertificate(socket: TLSSocket): Promise<CertificateCheck> {
-    const leaf = socket.getPeerX509Certificate();
-    if (!leaf) return { kind: 'absent' };
+    // getPeerCertificate(true) first: after getPeerX509Certificate() Node no longer links the chain.
+    const peer = socket.getPeerCertificate(true);
+    if (!peer?.raw) return { kind: 'absent' };
+    const leaf = new X509Certificate(peer.raw);
     try {
       this.certificate = certificateFacts(leaf);
     } catch {
       return { kind: 'invalid', reason: 'malformed' };
     }
-    const chain = validateClientCertificate({ leaf, presented: presentedChain(socket), trusted: this.runtime.clientCas, now: this.deps.now() });
+    const chain = validateClientCertificate({ leaf, presented: presentedChain(peer), trusted: this.runtime.clientCas, now: this.deps.now() });
     if (!chain.ok) return { kind: 'invalid', reason: chain.reason };
     const revocation = this.deps.revocation(chain.chain);
     if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
@@ -291,9 +299,8 @@ function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertifica
 }
 
 /** The intermediates the client sent after its leaf, in the order it sent them. */
-function presentedChain(socket: TLSSocket): X509Certificate[] {
+function presentedChain(leaf: DetailedPeerCertificate): X509Certificate[] {
   const out: X509Certificate[] = [];
-  const leaf = socket.getPeerCertificate(true);
   const seen = new Set<string>([leaf.fingerprint256]);
   // Node links the chain through issuerCertificate; a self-signed end points at itself.
   for (let c = leaf.issuerCertificate; c?.raw && !seen.has(c.fingerprint256) && out.length < 8; c = c.issuerCertificate) {

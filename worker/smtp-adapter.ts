@@ -19,12 +19,17 @@ export interface SessionController {
    * Runs before smtp-server handles a command (after EHLO, outside SASL exchanges).
    * A reply answers the command instead of smtp-server; null lets smtp-server go on.
    */
-  beforeCommand(command: string, args: string[]): Reply | null;
+  beforeCommand(command: string, args: string[]): Reply | Challenge | null;
   /** Every reply the session sends, with the command it answers (for events of allow-and-log sessions). */
   onReply(command: string, reply: Reply): void;
 }
 
+/** An empty `334 ` challenge; the client's next line goes to `answer` (AUTH EXTERNAL without initial response). */
+export interface Challenge { answer(line: string): Reply }
+
 export type ControllerFactory = (info: { remoteAddress: string; session: SMTPServerSession }) => SessionController;
+
+type NextHandler = (line: Buffer, done: () => void) => void;
 
 const controllers = new WeakMap<SMTPServerSession, SessionController>();
 
@@ -49,7 +54,7 @@ class GatewayConnection extends SMTPConnection {
   override _onCommand(command: Buffer, callback?: () => void): void {
     // SASL continuation lines, data sent too early and commands during a TLS upgrade stay
     // with smtp-server; so does everything before EHLO/HELO ("send HELO/EHLO first").
-    const self = this as unknown as { _nextHandler: unknown; _upgrading: boolean; _ready: boolean; hostNameAppearsAs: string | false };
+    const self = this as unknown as { _nextHandler: NextHandler | false; _upgrading: boolean; _ready: boolean; hostNameAppearsAs: string | false };
     const line = (command || '').toString();
     const [name = '', ...args] = line.trim().split(/\s+/);
     const upper = name.toUpperCase();
@@ -57,6 +62,16 @@ class GatewayConnection extends SMTPConnection {
       this.currentCommand = upper;
       if (self.hostNameAppearsAs || !['MAIL', 'RCPT', 'DATA', 'AUTH'].includes(upper)) {
         const answer = this.controller.beforeCommand(upper, args);
+        if (answer && 'answer' in answer) {
+          this.send(334, '');
+          self._nextHandler = (line, done) => {
+            const r = answer.answer(line.toString());
+            this.send(r.code, r.text);
+            done();
+          };
+          setImmediate(() => callback?.());
+          return;
+        }
         if (answer) {
           this.send(answer.code, answer.text);
           setImmediate(() => callback?.());

@@ -112,7 +112,10 @@ try:
             raise SystemExit
     if cfg.get('send', True):
         try:
-            refused = s.sendmail(cfg.get('from', 'sender@example.com'), cfg.get('to', ['rcpt@example.com']), cfg.get('message', 'Subject: smtplib\r\n\r\nhello\r\n').encode())
+            message = cfg.get('message', 'Subject: smtplib\r\n\r\nhello\r\n')
+            if cfg.get('bodyLines'):
+                message = 'Subject: big\r\n\r\n' + ('x' * 998 + '\r\n') * cfg['bodyLines']
+            refused = s.sendmail(cfg.get('from', 'sender@example.com'), cfg.get('to', ['rcpt@example.com']), message.encode())
             steps.append(['DATA', 250, json.dumps(refused)])
         except smtplib.SMTPResponseException as e:
             steps.append(['SEND', e.smtp_code, e.smtp_error.decode(errors='replace')])
@@ -134,6 +137,8 @@ print(json.dumps(steps))
 export interface SmtplibOptions {
   port: number; implicitTls?: boolean; starttls?: boolean; cert?: string; key?: string;
   user?: string; password?: string; send?: boolean; from?: string; to?: string[]; message?: string;
+  /** Instead of `message`: a generated message of this many 1000-byte lines (argv cannot carry large messages). */
+  bodyLines?: number;
 }
 
 export async function smtplib(o: SmtplibOptions): Promise<Array<[string, number, string]>> {

@@ -27,6 +27,7 @@ export function spawnNode(entry: string, env: Record<string, string>): Proc {
   });
   let out = '';
   const keep = (b: Buffer) => {
+    if (process.env.CERTGATE_TEST_VERBOSE) process.stderr.write(b);
     out += b.toString();
     if (out.length > 2_000_000) out = out.slice(-1_000_000);
   };
