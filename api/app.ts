@@ -60,9 +60,15 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
 
-  const cache = await ConfigCache.start(opts.redis);
-  app.addHook('onClose', () => cache.close());
-  const ctx: ApiContext = { redis: opts.redis, config: cache, write: configWriter(opts.redis, cache) };
+  const cache = new ConfigCache(opts.redis);
+  // Configuration transactions WATCH, which is per connection: they get one of their own.
+  const transactions = opts.redis.duplicate();
+  transactions.on('error', () => undefined); // failures reach the writer as rejected commands
+  app.addHook('onClose', async () => {
+    cache.close();
+    transactions.disconnect();
+  });
+  const ctx: ApiContext = { redis: opts.redis, config: cache, write: configWriter(transactions, cache) };
 
   registerAuth(app, opts.redis, opts.apiToken);
   registerMetrics(app, ctx);

@@ -1,8 +1,11 @@
 // The parsed configuration, kept in the API process between changes so that reads cost
 // neither a Redis round trip nor a parse of the whole document. Every write publishes
 // its version on keys.configChannel; a newer version announced there drops the cache.
-// While the subscription is down (reconnecting) messages could be missed, so the cache
-// is bypassed until it is back.
+// Until the subscription is up, and while it is down (reconnecting: messages could be
+// missed), reads bypass the cache.
+//
+// The subscription starts with the first read, so an app that serves no request (the
+// OpenAPI generator) never touches Redis.
 import type { Redis } from 'ioredis';
 import { keys } from '../shared/redis-keys.ts';
 import { loadConfig } from '../shared/config-store.ts';
@@ -13,35 +16,40 @@ export class ConfigCache {
   private loading: Promise<VersionedConfig> | null = null;
   /** Bumped on every invalidation: a load that started before it must not be cached. */
   private generation = 0;
+  private subscriber: Redis | null = null;
   private subscribed = false;
 
-  private constructor(
-    private readonly redis: Redis,
-    private readonly subscriber: Redis,
-  ) {}
+  constructor(private readonly redis: Redis) {}
 
-  static async start(redis: Redis): Promise<ConfigCache> {
-    const cache = new ConfigCache(redis, redis.duplicate());
-    await cache.listen();
-    return cache;
-  }
-
-  private async listen(): Promise<void> {
+  private listen(): void {
+    const subscriber = this.redis.duplicate();
+    this.subscriber = subscriber;
+    const subscribe = () =>
+      subscriber.subscribe(keys.configChannel).then(
+        () => {
+          if (subscriber.status !== 'ready') return;
+          this.invalidate();
+          this.subscribed = true;
+        },
+        () => undefined, // the next 'ready' subscribes again
+      );
     const drop = () => {
       this.subscribed = false;
       this.invalidate();
     };
-    this.subscriber.on('message', (_channel: string, message: string) => {
+    subscriber.on('message', (_channel: string, message: string) => {
       if (!this.current || Number(message) > this.current.version) this.invalidate();
     });
-    this.subscriber.on('close', drop);
-    // ioredis subscribes again after a reconnect; what was published meanwhile is unknown.
-    this.subscriber.on('ready', () => {
+    subscriber.on('close', drop);
+    // After a reconnect, whatever was published meanwhile is unknown, and ioredis reports
+    // ready before its own resubscription is confirmed: trust the cache again only once
+    // our SUBSCRIBE has been answered.
+    subscriber.on('ready', () => {
       drop();
-      this.subscribed = true;
+      void subscribe();
     });
-    await this.subscriber.subscribe(keys.configChannel);
-    this.subscribed = true;
+    subscriber.on('error', () => undefined); // ioredis reconnects by itself; reads bypass the cache meanwhile
+    void subscribe();
   }
 
   private invalidate(): void {
@@ -52,6 +60,7 @@ export class ConfigCache {
 
   /** The configuration as stored now (as far as this process has been told). Do not mutate. */
   async get(): Promise<VersionedConfig> {
+    if (!this.subscriber) this.listen();
     if (!this.subscribed) return loadConfig(this.redis);
     if (this.current) return this.current;
     if (!this.loading) {
@@ -79,7 +88,9 @@ export class ConfigCache {
     }
   }
 
-  async close(): Promise<void> {
-    this.subscriber.disconnect();
+  close(): void {
+    this.subscriber?.disconnect();
+    this.subscriber = null;
+    this.subscribed = false;
   }
 }

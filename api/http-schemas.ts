@@ -127,7 +127,7 @@ export const COMPONENT_SCHEMAS: TSchema[] = [
 
 /**
  * A deep copy of `schema` in which every nested schema with an `$id` became `{ $ref }`,
- * and every union of objects told apart by a constant property (`type: "ldap"` or
+ * properties with a default are no longer `required`, and every union of objects told apart by a constant property (`type: "ldap"` or
  * `"certificate"`) became a `oneOf` with a `discriminator`: Ajv then validates only the
  * member the client meant (one precise error instead of one per member, and defaults of
  * that member applied), and OpenAPI tools show the choice.
@@ -142,6 +142,13 @@ function referencing(schema: unknown, root = false): TSchema {
     return { $ref: $id, ...pick(rest, ['readOnly', 'writeOnly']) } as TSchema;
   }
   const copy = Object.fromEntries(Object.entries(object).map(([k, v]) => [k, referencing(v)]));
+  if (Array.isArray(object.required) && object.properties) {
+    // A property with a default may be left out of a request (it is filled in before
+    // validation), so it is not `required` in the API's schemas even though every
+    // stored object has it.
+    const properties = object.properties as Record<string, { default?: unknown }>;
+    copy.required = (object.required as string[]).filter((key) => properties[key]?.default === undefined);
+  }
   const tag = Array.isArray(object.anyOf) ? discriminatorOf(object.anyOf) : undefined;
   if (!tag) return copy as TSchema;
   const { anyOf, ...rest } = copy;

@@ -7,9 +7,10 @@
 //
 // and retry when EXEC reports that another process wrote in between.
 //
-// WATCH state belongs to a connection, not to a caller, so transactions run on a
-// connection of their own (one per client passed in) and one at a time per process;
-// WATCH then only has to catch writers in other processes.
+// WATCH state belongs to a connection, not to a caller: updates through one connection
+// run one at a time, and the connection given to updateConfig must not be used for other
+// MULTI/WATCH work meanwhile (the API gives the store a connection of its own). WATCH then
+// only has to catch writers in other processes.
 import type { Redis } from 'ioredis';
 import { Value } from 'typebox/value';
 import { keys } from './redis-keys.ts';
@@ -67,14 +68,14 @@ export interface UpdateOptions {
 
 /**
  * Applies a pure change to the stored configuration and returns the version written.
+ * `redis` must not run other MULTI/WATCH work meanwhile (see the top of this file).
  * `change` may run more than once (on a conflict) and may throw to refuse the change;
  * its error then reaches the caller unchanged.
  */
 export async function updateConfig(redis: Redis, change: (c: Config) => Config, opts: UpdateOptions = {}): Promise<VersionedConfig> {
-  const tx = transactionChannel(redis);
-  return tx.serialize(async () => {
+  return oneAtATime(redis, async () => {
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-      const written = await attemptUpdate(tx.connection, change, opts);
+      const written = await attemptUpdate(redis, change, opts);
       if (written) return written;
       await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
     }
@@ -96,7 +97,7 @@ async function attemptUpdate(conn: Redis, change: (c: Config) => Config, opts: U
     if (issues.length > 0) throw new ConfigValidationError(issues);
     stored = { version: version + 1, ...next };
   } catch (err) {
-    await conn.unwatch();
+    await conn.unwatch().catch(() => undefined); // the connection may be what failed
     throw err;
   }
   const tx = conn.multi().set(keys.config, JSON.stringify(stored)).publish(keys.configChannel, String(stored.version));
@@ -108,28 +109,11 @@ async function attemptUpdate(conn: Redis, change: (c: Config) => Config, opts: U
   return stored;
 }
 
-interface TransactionChannel {
-  connection: Redis;
-  serialize<T>(fn: () => Promise<T>): Promise<T>;
-}
+/** The end of the queue of updates on each connection. */
+const queues = new WeakMap<Redis, Promise<unknown>>();
 
-const channels = new WeakMap<Redis, TransactionChannel>();
-
-/** The dedicated connection for `redis`'s transactions; it closes when `redis` does. */
-function transactionChannel(redis: Redis): TransactionChannel {
-  let channel = channels.get(redis);
-  if (channel) return channel;
-  const connection = redis.duplicate();
-  redis.once('end', () => connection.disconnect());
-  let tail: Promise<unknown> = Promise.resolve();
-  channel = {
-    connection,
-    serialize<T>(fn: () => Promise<T>): Promise<T> {
-      const run = tail.then(fn, fn);
-      tail = run.catch(() => undefined);
-      return run;
-    },
-  };
-  channels.set(redis, channel);
-  return channel;
+function oneAtATime<T>(redis: Redis, fn: () => Promise<T>): Promise<T> {
+  const run = (queues.get(redis) ?? Promise.resolve()).then(fn, fn);
+  queues.set(redis, run.catch(() => undefined));
+  return run;
 }
