@@ -55,10 +55,11 @@ const MIN_CRL_INTERVAL_MS = 60_000;
  */
 export function validateConfig(config: unknown): ValidationIssue[] {
   if (!Value.Check(Config, config)) {
-    return Value.Errors(Config, config).map((e) => ({
-      field: namedPath(config, e.instancePath),
-      message: e.keyword === 'additionalProperties' ? `${e.message}: ${(e.params as { additionalProperties: string[] }).additionalProperties.join(', ')}` : e.message,
-    }));
+    // An unknown property is reported twice: as `additionalProperties` on its parent and as
+    // the `false` schema it met, which names it; keep the latter.
+    return Value.Errors(Config, config)
+      .filter((e) => e.keyword !== 'additionalProperties')
+      .map((e) => ({ field: namedPath(config, e.instancePath), message: e.keyword === 'boolean' ? 'is not a known property' : e.message }));
   }
   const v = new Validator(config);
   v.run();
