@@ -19,6 +19,8 @@ import type { X509Certificate } from 'node:crypto';
 const HEARTBEAT_MS = 5_000;
 /** Safety net behind the change channel (a message lost while Redis reconnected). */
 const POLL_MS = 5_000;
+/** SPEC §1: sessions in flight get up to 30 s when a listener goes away or the worker stops. */
+const DRAIN_MS = 30_000;
 
 export interface GatewayOptions {
   redisUrl: string;
@@ -174,14 +176,19 @@ export class Gateway {
     }
   }
 
-  /** Stops accepting; sessions in flight get up to 30 s (smtp-server's closeTimeout). */
+  /**
+   * Stops accepting; sessions in flight get up to 30 s to finish. smtp-server's own close()
+   * answers 421 to the next command of every open session, so the listening socket is
+   * closed first and close() only ends what is still open when the grace period is over.
+   */
   private async stopListener(name: string): Promise<void> {
     const r = this.running.get(name);
     if (!r) return;
     this.running.delete(name);
-    this.o.logger.info({ listener: name }, 'listener stopping');
-    // Not awaited: the socket stops accepting at once; draining sessions finish in the background.
-    const closed = new Promise<void>((resolve) => r.server.close(() => resolve()));
+    this.o.logger.info({ listener: name, sessions: r.server.connections.size }, 'listener stopping');
+    const drained = new Promise<void>((resolve) => r.server.server.close(() => resolve()));
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, DRAIN_MS).unref());
+    const closed = Promise.race([drained, grace]).then(() => new Promise<void>((resolve) => r.server.close(() => resolve())));
     this.draining.add(closed);
     void closed.then(() => this.draining.delete(closed));
   }

@@ -47,7 +47,8 @@ export function createListenerServer(initial: Listener, hooks: ListenerServerHoo
     ...tlsOptions(initial),
     logger: false,
     disableReverseLookup: true,
-    closeTimeout: 30_000,
+    // The gateway drains for 30 s itself before it calls close(); what is left then is ended soon.
+    closeTimeout: 1_000,
     // RFC 5321 §4.5.3.2.7: at least 5 minutes; the client also waits while the next hop decides.
     socketTimeout: 300_000,
     createController: ({ remoteAddress, session: s }) => {

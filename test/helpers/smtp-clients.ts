@@ -115,7 +115,8 @@ try:
             message = cfg.get('message', 'Subject: smtplib\r\n\r\nhello\r\n')
             if cfg.get('bodyLines'):
                 message = 'Subject: big\r\n\r\n' + ('x' * 998 + '\r\n') * cfg['bodyLines']
-            refused = s.sendmail(cfg.get('from', 'sender@example.com'), cfg.get('to', ['rcpt@example.com']), message.encode())
+            options = ['SMTPUTF8'] if cfg.get('smtputf8') else []
+            refused = s.sendmail(cfg.get('from', 'sender@example.com'), cfg.get('to', ['rcpt@example.com']), message.encode(), mail_options=options)
             steps.append(['DATA', 250, json.dumps(refused)])
         except smtplib.SMTPResponseException as e:
             steps.append(['SEND', e.smtp_code, e.smtp_error.decode(errors='replace')])
@@ -139,6 +140,8 @@ export interface SmtplibOptions {
   user?: string; password?: string; send?: boolean; from?: string; to?: string[]; message?: string;
   /** Instead of `message`: a generated message of this many 1000-byte lines (argv cannot carry large messages). */
   bodyLines?: number;
+  /** MAIL FROM with SMTPUTF8 (needed for non-ASCII addresses). */
+  smtputf8?: boolean;
 }
 
 export async function smtplib(o: SmtplibOptions): Promise<Array<[string, number, string]>> {

@@ -1,0 +1,78 @@
+// POST /v1/ldap-profiles/{name}/test (SPEC §2.1): runs a profile's certificate or SMTP
+// auth query now, exactly as a worker would, and says what the directory answered.
+import { Directory } from '../shared/directory.ts';
+import type { LdapProfile } from '../shared/schemas.ts';
+import { certificateFacts, parsePemCertificates, tokenValues, type TokenValues } from '../shared/x509.ts';
+import { badRequest } from './errors.ts';
+
+export type LdapTestRequest =
+  | { query: 'certificate'; certificatePem: string }
+  | { query: 'smtpAuth'; username: string; password: string };
+
+export interface LdapTestResult {
+  matched: boolean;
+  dn: string | null;
+  userId: string | null;
+  authenticated: boolean | null;
+  allowed: boolean | null;
+  durationMs: number;
+  /** The escaped filter sent to the directory; null when none was (a token the certificate lacks). */
+  filter: string | null;
+  /** The directory's answer, e.g. `one`, `none`, `many`, `invalid-credentials`, `directory-unavailable`. */
+  outcome: string;
+  /** certificate: the query tokens' values taken from the certificate. */
+  tokens: TokenValues | null;
+  /** smtpAuth with an allowQuery: the escaped allowance filter. */
+  allowFilter: string | null;
+}
+
+export async function runLdapTest(profile: LdapProfile, body: LdapTestRequest, now: Date = new Date()): Promise<LdapTestResult> {
+  const started = performance.now();
+  const directory = new Directory(profile);
+  try {
+    return body.query === 'certificate'
+      ? await certificateTest(profile, directory, body.certificatePem, started)
+      : await smtpAuthTest(profile, directory, body.username, body.password, now, started);
+  } finally {
+    await directory.close();
+  }
+}
+
+async function certificateTest(profile: LdapProfile, directory: Directory, pem: string, started: number): Promise<LdapTestResult> {
+  if (!profile.certificateQuery) throw badRequest(`body/query: LDAP profile "${profile.name}" has no certificateQuery`);
+  let tokens: TokenValues;
+  try {
+    const [cert] = parsePemCertificates(pem);
+    if (!cert) throw new Error('no certificate');
+    tokens = tokenValues(certificateFacts(cert));
+  } catch (e) {
+    throw badRequest(`body/certificatePem: ${(e as Error).message}`);
+  }
+  const found = await directory.lookupCertificate(tokens);
+  return {
+    matched: found.outcome === 'one', dn: found.dn, userId: found.userId, authenticated: null, allowed: null,
+    durationMs: elapsed(started), filter: found.filter, outcome: found.outcome, tokens, allowFilter: null,
+  };
+}
+
+async function smtpAuthTest(profile: LdapProfile, directory: Directory, username: string, password: string, now: Date, started: number): Promise<LdapTestResult> {
+  const query = profile.smtpAuthQuery;
+  if (!query) throw badRequest(`body/query: LDAP profile "${profile.name}" has no smtpAuthQuery`);
+  const auth = await directory.authenticate(username, password);
+  const allow = query.allowQuery ? await directory.checkAllowed(username, now) : null;
+  return {
+    matched: auth.dn !== null,
+    dn: auth.dn,
+    userId: auth.userId,
+    authenticated: auth.outcome === 'authenticated',
+    // null when there is no allowQuery or the directory could not answer it
+    allowed: allow && allow.outcome !== 'directory-unavailable' ? allow.outcome === 'allowed' : null,
+    durationMs: elapsed(started),
+    filter: auth.filter,
+    outcome: auth.outcome,
+    tokens: null,
+    allowFilter: allow?.filter ?? null,
+  };
+}
+
+const elapsed = (started: number) => Math.round((performance.now() - started) * 10) / 10;
