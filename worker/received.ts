@@ -22,9 +22,15 @@ export function rfc5322Date(d: Date): string {
   return d.toUTCString().replace(/GMT$/, '+0000');
 }
 
+/**
+ * One unfolded line (about 200 characters, far below RFC 5322's 998), in the form SPEC §3
+ * rule 8 shows, so that tools matching it on the raw message need not unfold it.
+ */
 export function receivedHeader(f: ReceivedFacts): string {
   const address = f.clientAddress.includes(':') ? `IPv6:${f.clientAddress}` : f.clientAddress;
-  const from = `from ${clean(f.helo) || 'unknown'} (${clean(f.clientHostname ?? '') || clean(f.clientAddress)} [${clean(address)}])`;
-  const auth = f.user ? `\r\n\t(authenticated as ${clean(f.user.id)} by ${f.user.method})` : '';
-  return `Received: ${from}\r\n\tby ${clean(f.hostname)} (certgate) with ${f.protocol} id ${f.id}${auth};\r\n\t${rfc5322Date(f.date)}\r\n`;
+  // smtp-server gives "[address]" when there is no reverse name (lookups are off: no DNS delay per session).
+  const reverse = f.clientHostname && !f.clientHostname.startsWith('[') ? clean(f.clientHostname) : 'unknown';
+  const from = `from ${clean(f.helo) || 'unknown'} (${reverse} [${clean(address)}])`;
+  const auth = f.user ? ` (authenticated as ${clean(f.user.id)} by ${f.user.method})` : '';
+  return `Received: ${from} by ${clean(f.hostname)} (certgate) with ${f.protocol} id ${f.id}${auth}; ${rfc5322Date(f.date)}\r\n`;
 }

@@ -134,6 +134,7 @@ export class Session implements SessionController {
     // RFC 3207: nothing learnt before TLS survives it, the identity included.
     this.state.secure = true;
     this.state.user = null;
+    this.allowedNotPermitted = false;
     this.tlsVersion = socket.getProtocol() ?? null;
     const check = this.requestsCertificate() ? await this.checkCertificate(socket) : ({ kind: 'not-requested' } as const);
     const decision = afterHandshake(this.state, check);
