@@ -7,7 +7,7 @@ import type { ApiContext, App } from './context.ts';
 import { principalOf } from './auth.ts';
 import { conflict, notFound } from './errors.ts';
 import { ApiToken, CreatedApiToken, errorResponses, NewApiToken, ref } from './http-schemas.ts';
-import { createToken, deleteToken, listTokens } from './tokens.ts';
+import { BOOTSTRAP_PRINCIPAL, createToken, deleteToken, listTokens } from './tokens.ts';
 
 export function registerTokenRoutes(app: App, ctx: ApiContext): void {
   const tags = ['tokens'];
@@ -31,6 +31,7 @@ export function registerTokenRoutes(app: App, ctx: ApiContext): void {
     },
     async (request, reply) => {
       const { name, role } = request.body;
+      if (name === BOOTSTRAP_PRINCIPAL.name) throw conflict(`the name "${name}" is reserved: the audit log names API_TOKEN so`);
       const token = await createToken(ctx.redis, name, role);
       if (token === null) throw conflict(`token "${name}" already exists`);
       await appendAudit(ctx.redis, { token: principalOf(request).name, kind: 'tokens', name, action: 'create', version: null });

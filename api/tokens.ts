@@ -37,7 +37,6 @@ return 0`;
 
 /** Creates a token; null when the name is taken. */
 export async function createToken(redis: Redis, name: string, role: Role): Promise<string | null> {
-  if (name === BOOTSTRAP_PRINCIPAL.name) return null;
   const token = randomBytes(32).toString('base64url');
   const record: ApiToken = { name, role, createdAt: new Date().toISOString() };
   const created = await redis.eval(CREATE_SCRIPT, 1, keys.tokens, sha256(token).toString('hex'), JSON.stringify(record), name);

@@ -74,7 +74,9 @@ describe('API authentication', () => {
 
   test('token names are unique, and "bootstrap" is reserved', async () => {
     assert.equal((await api.call('POST', '/v1/tokens', { name: 'ci', role: 'read-only' })).status, 409);
-    assert.equal((await api.call('POST', '/v1/tokens', { name: 'bootstrap', role: 'admin' })).status, 409);
+    const reserved = await api.call('POST', '/v1/tokens', { name: 'bootstrap', role: 'admin' });
+    assert.equal(reserved.status, 409);
+    assert.match(reserved.body.message, /reserved/);
     const bad = await api.call('POST', '/v1/tokens', { name: 'x', role: 'superuser' });
     assert.equal(bad.status, 400);
     assert.match(bad.body.message, /body\/role/);

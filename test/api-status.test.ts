@@ -116,7 +116,7 @@ describe('events, workers, metrics, health', () => {
     const up = await api.call('GET', '/health', undefined, { token: null });
     assert.equal(up.status, 200);
     assert.deepEqual(up.body, { status: 'ok', redis: 'up' });
-    await api.redisServer.stop();
+    await api.stopRedis();
     for (let i = 0; i < 50 && api.redis.status === 'ready'; i++) await new Promise((r) => setTimeout(r, 10));
     const started = Date.now();
     const down = await api.call('GET', '/health', undefined, { token: null });

@@ -31,6 +31,8 @@ export interface ApiHarness {
   call(method: string, url: string, body?: unknown, opts?: CallOptions): Promise<Response>;
   /** The configuration version now (from GET /v1/config). */
   version(): Promise<number>;
+  /** Stops Redis under the running API (close() then leaves it alone). */
+  stopRedis(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -41,6 +43,7 @@ export async function startApi(): Promise<ApiHarness> {
   const app = await buildApp({ redis, apiToken: ADMIN_TOKEN, logger: false });
   await app.ready();
   const responses: string[] = [];
+  let redisStopped = false;
   const call = async (method: string, url: string, body?: unknown, opts: CallOptions = {}): Promise<Response> => {
     const token = opts.token === undefined ? ADMIN_TOKEN : opts.token;
     const res = await app.inject({
@@ -71,10 +74,15 @@ export async function startApi(): Promise<ApiHarness> {
     async version() {
       return (await call('GET', '/v1/config')).body.version as number;
     },
+    async stopRedis() {
+      redisStopped = true;
+      await redisServer.stop();
+    },
     async close() {
       await app.close();
       redis.disconnect();
-      await redisServer.stop();
+      // TestRedis.stop() never resolves a second time (it waits for an exit already seen).
+      if (!redisStopped) await redisServer.stop();
     },
   };
 }
