@@ -70,9 +70,10 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
   });
   const ctx: ApiContext = { redis: opts.redis, config: cache, write: configWriter(transactions, cache) };
 
+  // First: the OpenAPI document lists the routes registered after it.
+  await registerOpenApi(app);
   registerAuth(app, opts.redis, opts.apiToken);
   registerMetrics(app, ctx);
-  await registerOpenApi(app);
   registerStatusRoutes(app, ctx);
   registerTokenRoutes(app, ctx);
   for (const kind of RESOURCE_KINDS) registerResourceRoutes(app, ctx, kind);

@@ -3,6 +3,7 @@
 // One registry per app, so that several apps in one process (tests) do not collide.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ApiContext, App } from './context.ts';
+import { errorResponses } from './http-schemas.ts';
 
 export function registerMetrics(app: App, ctx: ApiContext): void {
   const registry = new Registry();
@@ -39,7 +40,7 @@ export function registerMetrics(app: App, ctx: ApiContext): void {
         tags: ['status'],
         operationId: 'metrics',
         summary: 'Prometheus metrics (text exposition format)',
-        response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } } },
+        response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errorResponses(401) },
       },
     },
     async (_request, reply) => reply.type(registry.contentType).send(await registry.metrics()),
