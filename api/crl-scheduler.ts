@@ -1,0 +1,222 @@
+/**
+ * The CRL scheduler (SPEC §1, §2.6): BullMQ job schedulers that download the
+ * CRL sources, kept in step with the configuration.
+ *
+ * - At start and on every configuration change (`keys.configChannel`), each
+ *   enabled source gets the job scheduler `crl:<name>` (`every` or a UTC cron
+ *   `pattern`); disabled and deleted sources lose theirs, and a deleted
+ *   source's CRL and status are removed. Schedulers already right are left
+ *   alone, so a configuration write elsewhere reschedules nothing.
+ * - A source also gets one download right away when it appears, is enabled,
+ *   or its URLs or file type change — and, at start, when it has no CRL in
+ *   force from one of its current URLs. The job id carries the configuration
+ *   version, so several API processes reacting to the same change add it once.
+ * - Jobs run `refreshSource` (crl-refresh.ts); its Redis lock keeps two
+ *   processes from downloading one source at once. A download that fails is
+ *   recorded in the source's status, not as a failed job.
+ *
+ * Any number of processes may run this side by side (all BullMQ operations
+ * used are idempotent).
+ */
+import { Queue, Worker, type Job, type JobSchedulerJson } from 'bullmq';
+import { Redis } from 'ioredis';
+import { loadConfig } from '../shared/config-store.ts';
+import { deleteCrlData, readCrlStatus, refreshSource, trustedCrlSigners, type CrlLogger, type RefreshContext } from '../shared/crl-refresh.ts';
+import { Coalescer } from '../shared/crl-store.ts';
+import { CRL_QUEUE, keys } from '../shared/redis-keys.ts';
+import type { CrlSource, CrlStatus } from '../shared/schemas.ts';
+
+export interface CrlSchedulerOptions {
+  redisUrl: string;
+  logger: CrlLogger;
+  /** CRL_FILE_ROOT; null refuses `file:` URLs. */
+  fileRoot: string | null;
+  /** Passed to every download (tests shorten them). */
+  download?: Pick<RefreshContext, 'timeoutMs' | 'maxBytes'>;
+}
+
+export interface CrlScheduler {
+  /** Downloads the source now and answers its status (`POST /v1/crl-sources/{name}/refresh`). */
+  refresh(name: string): Promise<CrlStatus>;
+  /** Brings the job schedulers in line with the configuration now (also done on every change). */
+  sync(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** `refresh()` of a source the configuration does not have (the route answers 404 before). */
+export class CrlSourceNotFoundError extends Error {
+  constructor(readonly source: string) {
+    super(`CRL source "${source}" does not exist`);
+  }
+}
+
+export interface DownloadJobData {
+  source: string;
+}
+
+const JOB_NAME = 'download';
+const SCHEDULER_PREFIX = 'crl:';
+/** Finished jobs kept for an hour: enough to deduplicate the immediate downloads, small enough to not pile up. */
+const KEEP_JOBS = { removeOnComplete: { age: 3600, count: 1000 }, removeOnFail: { age: 24 * 3600, count: 1000 } };
+
+export const schedulerId = (source: string): string => SCHEDULER_PREFIX + source;
+
+/** The BullMQ repeat options of a source's schedule. Cron runs in UTC, as config-validate.ts checks it. */
+function repeatOptions(source: CrlSource): { every: number; startDate: number } | { pattern: string; tz: string } {
+  if ('everySeconds' in source.schedule) {
+    const every = source.schedule.everySeconds * 1000;
+    // Start one interval from now: the immediate download is this module's decision, not BullMQ's.
+    return { every, startDate: Date.now() + every };
+  }
+  return { pattern: source.schedule.cron, tz: 'UTC' };
+}
+
+function isCurrent(existing: JobSchedulerJson<DownloadJobData> | undefined, source: CrlSource): boolean {
+  if (!existing || existing.name !== JOB_NAME || existing.template?.data?.source !== source.name) return false;
+  const s = source.schedule;
+  return 'everySeconds' in s ? existing.every === s.everySeconds * 1000 && !existing.pattern : existing.pattern === s.cron && !existing.every;
+}
+
+/** What makes a source need a fresh download when it changes. */
+function downloadSignature(s: CrlSource): string {
+  return JSON.stringify([s.fileType, s.primaryUrl, s.secondaryUrl]);
+}
+
+export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlScheduler> {
+  const { logger, fileRoot } = opts;
+  // BullMQ needs maxRetriesPerRequest: null on its connections; ours for commands fail faster.
+  const bull = (): Redis => new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
+  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 2 });
+  const sub = new Redis(opts.redisUrl);
+  const queueConn = bull();
+  const workerConn = bull();
+  const connections = [redis, sub, queueConn, workerConn];
+  for (const c of connections) c.on('error', (err: Error) => logger.warn({ err: err.message }, 'CRL scheduler: Redis connection error'));
+
+  const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn, defaultJobOptions: KEEP_JOBS });
+  /** Per source, as of the last sync: what it downloads and whether it is enabled. */
+  const known = new Map<string, { signature: string; enabled: boolean }>();
+  const runs = new Coalescer();
+  let stopped = false;
+
+  const run = async (source: CrlSource, lockWaitMs?: number): Promise<CrlStatus> => {
+    const config = await loadConfig(redis);
+    const ctx: RefreshContext = { trustedCas: trustedCrlSigners(config), fileRoot, now: new Date(), logger, lockWaitMs, ...opts.download };
+    return refreshSource(redis, source, ctx);
+  };
+
+  const worker = new Worker<DownloadJobData, CrlStatus | null>(
+    CRL_QUEUE,
+    async (job: Job<DownloadJobData>) => {
+      const { crlSources } = await loadConfig(redis);
+      const source = crlSources.find((s) => s.name === job.data.source);
+      // Deleted or disabled since the job was queued: nothing to do.
+      if (!source || !source.enabled) return null;
+      // A refresh already running elsewhere makes this run redundant: do not wait for it.
+      return run(source, 0);
+    },
+    { connection: workerConn, concurrency: 2 },
+  );
+  worker.on('failed', (job, err) => logger.error({ source: job?.data.source, err: err.message }, 'CRL download job failed'));
+  worker.on('error', (err) => logger.error({ err: err.message }, 'CRL scheduler worker error'));
+
+  /** Whether an enabled source should be downloaded now rather than at its next scheduled time. */
+  const needsDownloadNow = async (source: CrlSource): Promise<boolean> => {
+    const before = known.get(source.name);
+    if (before) return !before.enabled || before.signature !== downloadSignature(source);
+    // First seen by this process: download unless a CRL from its current URLs is in force.
+    const status = await readCrlStatus(redis, source.name);
+    return status.lastSuccessAt === null || (status.url !== source.primaryUrl && status.url !== source.secondaryUrl);
+  };
+
+  const syncOnce = async (): Promise<void> => {
+    const config = await loadConfig(redis);
+    const existing = new Map((await queue.getJobSchedulers(0, -1)).filter((s) => s.key.startsWith(SCHEDULER_PREFIX)).map((s) => [s.key, s]));
+    for (const source of config.crlSources) {
+      const id = schedulerId(source.name);
+      try {
+        if (!source.enabled) {
+          if (existing.has(id)) await queue.removeJobScheduler(id);
+        } else {
+          if (!isCurrent(existing.get(id), source)) {
+            await queue.upsertJobScheduler(id, repeatOptions(source), { name: JOB_NAME, data: { source: source.name }, opts: KEEP_JOBS });
+            logger.info({ source: source.name, schedule: source.schedule }, 'CRL download scheduled');
+          }
+          if (await needsDownloadNow(source)) {
+            await queue.add(JOB_NAME, { source: source.name }, { jobId: `now-${source.name}-v${config.version}` });
+          }
+        }
+      } catch (err) {
+        // One bad source must not keep the others from being scheduled.
+        logger.error({ source: source.name, err: (err as Error).message }, 'cannot schedule the CRL source');
+      }
+    }
+    const configured = new Set(config.crlSources.map((s) => s.name));
+    for (const id of existing.keys()) {
+      if (!configured.has(id.slice(SCHEDULER_PREFIX.length))) await queue.removeJobScheduler(id);
+    }
+    await removeDeletedSourcesData(redis, logger);
+    known.clear();
+    for (const s of config.crlSources) known.set(s.name, { signature: downloadSignature(s), enabled: s.enabled });
+  };
+  const sync = (): Promise<void> => runs.run('sync', syncOnce);
+  const syncInBackground = (why: string): void => {
+    if (stopped) return;
+    sync().catch((err: Error) => logger.error({ err: err.message, why }, 'CRL scheduler: sync with the configuration failed'));
+  };
+
+  sub.on('message', () => syncInBackground('configuration change'));
+  await sub.subscribe(keys.configChannel);
+  // Pub/sub drops messages while disconnected: catch up after a reconnect.
+  let subscribed = false;
+  sub.on('ready', () => {
+    if (subscribed) syncInBackground('reconnect');
+  });
+  subscribed = true;
+  await sync();
+  logger.info({ queue: CRL_QUEUE, fileRoot }, 'CRL scheduler started');
+
+  return {
+    sync,
+    async refresh(name: string): Promise<CrlStatus> {
+      const { crlSources } = await loadConfig(redis);
+      const source = crlSources.find((s) => s.name === name);
+      if (!source) throw new CrlSourceNotFoundError(name);
+      return run(source);
+    },
+    async stop(): Promise<void> {
+      stopped = true;
+      await sub.unsubscribe().catch(() => undefined);
+      await runs.idle();
+      await worker.close();
+      await queue.close();
+      await Promise.all(connections.map((c) => c.quit().catch(() => c.disconnect())));
+    },
+  };
+}
+
+/**
+ * Deletes the CRL and status of sources no longer in the configuration. Keys
+ * are listed first and the configuration read after: a source created
+ * meanwhile is then in that configuration, so its fresh data is never taken
+ * for a deleted source's.
+ */
+async function removeDeletedSourcesData(redis: Redis, logger: CrlLogger): Promise<void> {
+  const stored = new Set<string>();
+  for (const keyOf of [keys.crlStatus, keys.crlData]) {
+    const [head, tail] = keyOf('\0').split('\0');
+    for await (const batch of redis.scanStream({ match: `${head}*${tail}`, count: 500 }) as AsyncIterable<string[]>) {
+      for (const key of batch) {
+        const name = key.slice(head.length, key.length - tail.length);
+        if (!name.includes(':')) stored.add(name); // source names have none; anything else is not ours
+      }
+    }
+  }
+  if (stored.size === 0) return;
+  const configured = new Set((await loadConfig(redis)).crlSources.map((s) => s.name));
+  for (const name of stored) {
+    if (configured.has(name)) continue;
+    await deleteCrlData(redis, name);
+    logger.info({ source: name }, 'CRL source deleted: its CRL is no longer in force');
+  }
+}

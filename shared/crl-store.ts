@@ -1,0 +1,293 @@
+/**
+ * The in-memory revocation index of a process (SMTP worker, or the API in
+ * mutual-TLS mode): the CRLs in force of every enabled CRL source, loaded
+ * from Redis and kept current.
+ *
+ * - `start()` loads every enabled source's CRL (parsed in a worker thread,
+ *   never on the event loop), then follows `keys.crlChannel` (a source's CRL
+ *   changed: reload it) and `keys.configChannel` (sources added, removed,
+ *   enabled or disabled). A subscriber reconnect re-syncs everything, since
+ *   pub/sub drops messages while disconnected.
+ * - Only the index is kept (issuer, dates, the revoked-serial hash table);
+ *   the DER goes away after parsing.
+ * - `check()` is synchronous and O(chain length): one hash lookup per
+ *   certificate and CRL.
+ *
+ * The CRLs in Redis were verified by the refresher before being stored
+ * (crl-refresh.ts); Redis is trusted, so they are not verified again here.
+ * A disabled source's CRL is not enforced (it would go stale unattended).
+ */
+import type { X509Certificate } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { parseCrlOffThread, type RevokedSerials } from './crl.ts';
+import { loadConfig } from './config-store.ts';
+import { parseStatus, readCrlStatus, type CrlLogger } from './crl-refresh.ts';
+import { keys } from './redis-keys.ts';
+import type { CrlSettings } from './schemas.ts';
+import { canonicalName, certInfo, nameTlv, serialHexFromDer } from './x509.ts';
+
+/** What revocation data says of a validated chain (leaf first); the same type as worker/session.ts. */
+export type RevocationVerdict =
+  | { status: 'good' | 'unchecked' }
+  | { status: 'revoked' | 'crl-expired'; detail: string }
+  | { status: 'crl-expired-accepted'; detail: string };
+
+export interface CrlStoreEntry {
+  source: string;
+  issuer: string;
+  crlNumber: string | null;
+  revokedCount: number;
+}
+
+interface IndexedCrl {
+  source: string;
+  issuerDn: string;
+  /** canonicalName() of the issuer, the index key. */
+  issuerCanon: string;
+  authorityKeyId: string | null;
+  /** ms since the epoch; null: the CRL gives no nextUpdate. */
+  nextUpdate: number | null;
+  crlNumber: string | null;
+  revokedCount: number;
+  revoked: RevokedSerials;
+  /** `status.sha256` when loaded: identifies the version, so unchanged CRLs are not parsed again. */
+  sha256: string | null;
+}
+
+/** Parsing threads at once during a full load (each holds a copy of its CRL). */
+const LOAD_CONCURRENCY = 2;
+
+export class CrlStore {
+  private readonly redis: Redis;
+  private readonly sub: Redis;
+  private readonly ownsRedis: boolean;
+  private readonly bySource = new Map<string, IndexedCrl>();
+  private readonly byIssuer = new Map<string, IndexedCrl[]>();
+  private enabled = new Set<string>();
+  private readonly runs = new Coalescer();
+  private subscribed = false;
+  private stopped = false;
+
+  constructor(
+    redis: string | Redis,
+    private readonly logger: CrlLogger,
+  ) {
+    this.ownsRedis = typeof redis === 'string';
+    this.redis = typeof redis === 'string' ? new Redis(redis, { maxRetriesPerRequest: 2 }) : redis;
+    this.sub = typeof redis === 'string' ? new Redis(redis) : redis.duplicate();
+    const onError = (err: Error): void => this.logger.warn({ err: err.message }, 'CRL store: Redis connection error');
+    if (this.ownsRedis) this.redis.on('error', onError);
+    this.sub.on('error', onError);
+  }
+
+  /** Loads every enabled source's CRL, then follows changes. Resolves once the initial load is done. */
+  async start(): Promise<void> {
+    this.sub.on('message', (channel: string, message: string) => this.onMessage(channel, message));
+    // Subscribe before loading, so a change made during the load is not missed.
+    await this.sub.subscribe(keys.crlChannel, keys.configChannel);
+    this.sub.on('ready', () => {
+      if (this.subscribed && !this.stopped) this.background(this.syncConfig(), 'resync after reconnect');
+    });
+    this.subscribed = true;
+    await this.syncConfig();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.runs.idle();
+    await this.sub.quit().catch(() => undefined);
+    if (this.ownsRedis) await this.redis.quit().catch(() => undefined);
+  }
+
+  /** The CRLs in force, for the worker heartbeat (`crls` of GET /v1/workers). */
+  status(): CrlStoreEntry[] {
+    return [...this.bySource.values()].map((c) => ({ source: c.source, issuer: c.issuerDn, crlNumber: c.crlNumber, revokedCount: c.revokedCount }));
+  }
+
+  /**
+   * The revocation verdict of a validated chain, leaf first, its last
+   * certificate the trust anchor (not checked). Each other certificate is
+   * looked up in the CRLs of its issuer — the next certificate — matched by
+   * name and, when both carry one, authority key id = subject key id. A
+   * revoked serial anywhere wins; then an issuer whose every CRL is past its
+   * nextUpdate gives `crl-expired` (`onExpiredCrl: reject`) or
+   * `crl-expired-accepted`; certificates whose issuer has no CRL are not
+   * checked, and a chain with none checked is `unchecked`. Never throws: what
+   * cannot be read is treated as revoked.
+   */
+  check(chain: X509Certificate[], now: Date, settings: Pick<CrlSettings, 'onExpiredCrl'>): RevocationVerdict {
+    let checked = false;
+    let expired: string | null = null;
+    for (let i = 0; i < chain.length - 1; i++) {
+      let cert, issuer;
+      try {
+        cert = certInfo(chain[i]);
+        issuer = certInfo(chain[i + 1]);
+      } catch (e) {
+        return { status: 'revoked', detail: `certificate cannot be read for the revocation check: ${(e as Error).message}` };
+      }
+      const crls = this.crlsFor(cert.issuerCanon, issuer.subjectKeyId);
+      if (crls.length === 0) continue;
+      checked = true;
+      let fresh = false;
+      for (const crl of crls) {
+        const verdict = serialVerdict(crl, cert.parsed.serialBytes);
+        if (verdict) return verdict;
+        if (crl.nextUpdate === null || now.getTime() <= crl.nextUpdate) fresh = true;
+      }
+      if (!fresh) expired ??= `the CRL of "${crls[0].issuerDn}" (source "${crls[0].source}") expired ${new Date(crls[0].nextUpdate ?? 0).toISOString()}`;
+    }
+    if (expired !== null) return { status: settings.onExpiredCrl === 'reject' ? 'crl-expired' : 'crl-expired-accepted', detail: expired };
+    return { status: checked ? 'good' : 'unchecked' };
+  }
+
+  private crlsFor(issuerCanon: string, issuerKeyId: string | null): IndexedCrl[] {
+    const crls = this.byIssuer.get(issuerCanon);
+    if (!crls) return [];
+    // A CA re-keyed under the same name has CRLs per key: use only those of the issuer's key.
+    return crls.filter((c) => c.authorityKeyId === null || issuerKeyId === null || c.authorityKeyId === issuerKeyId);
+  }
+
+  // -------------------------------------------------------------------------
+  // Following Redis
+  // -------------------------------------------------------------------------
+
+  private onMessage(channel: string, message: string): void {
+    if (this.stopped) return;
+    if (channel === keys.crlChannel) this.background(this.reload(message), `reload of CRL source "${message}"`);
+    else if (channel === keys.configChannel) this.background(this.syncConfig(), 'configuration change');
+  }
+
+  private background(p: Promise<void>, what: string): void {
+    p.catch((err: Error) => this.logger.error({ err: err.message }, `CRL store: ${what} failed`));
+  }
+
+  /** Follows the configuration's list of enabled sources and (re)loads each one whose CRL changed. */
+  private syncConfig(): Promise<void> {
+    return this.runs.run('config', async () => {
+      const config = await loadConfig(this.redis);
+      this.enabled = new Set(config.crlSources.filter((s) => s.enabled).map((s) => s.name));
+      for (const name of [...this.bySource.keys()]) if (!this.enabled.has(name)) this.drop(name, 'source deleted or disabled');
+      await forEachLimited([...this.enabled], LOAD_CONCURRENCY, (name) => this.reload(name));
+    });
+  }
+
+  /** Brings one source up to date; concurrent calls for a source coalesce into one more run. */
+  private reload(name: string): Promise<void> {
+    return this.runs.run(`source:${name}`, () => this.loadSource(name));
+  }
+
+  private async loadSource(name: string): Promise<void> {
+    if (this.stopped) return;
+    if (!this.enabled.has(name)) return this.drop(name, 'source deleted or disabled');
+    const loaded = this.bySource.get(name);
+    if (loaded && loaded.sha256 !== null && (await readCrlStatus(this.redis, name)).sha256 === loaded.sha256) return;
+    // DER and status are written in one MULTI by the refresher: read them in one too.
+    const results = await this.redis.multi().getBuffer(keys.crlData(name)).get(keys.crlStatus(name)).exec();
+    const failed = results?.find(([err]) => err);
+    if (!results || failed) throw failed?.[0] ?? new Error('transaction aborted');
+    const der = results[0][1] as Buffer | null;
+    const status = parseStatus(results[1][1] as string | null);
+    if (der === null) return this.drop(name, 'no CRL in force');
+    let crl;
+    try {
+      crl = await parseCrlOffThread(der, 'asn1');
+    } catch (e) {
+      // The previous CRL (if any) stays: an unreadable newer one must not lift revocations.
+      this.logger.error({ source: name, err: (e as Error).message }, 'CRL store: the stored CRL cannot be parsed; keeping the previous one');
+      return;
+    }
+    if (this.stopped || !this.enabled.has(name)) return;
+    this.install({
+      source: name,
+      issuerDn: crl.issuerDn,
+      issuerCanon: canonicalName(crl.issuerNameDer, nameTlv(crl.issuerNameDer)),
+      authorityKeyId: crl.authorityKeyId,
+      nextUpdate: crl.nextUpdate ? crl.nextUpdate.getTime() : null,
+      crlNumber: crl.crlNumber === null ? null : crl.crlNumber.toString(),
+      revokedCount: crl.revokedCount,
+      revoked: crl.revoked,
+      sha256: status.sha256,
+    });
+  }
+
+  private install(entry: IndexedCrl): void {
+    this.unindex(entry.source);
+    this.bySource.set(entry.source, entry);
+    const list = this.byIssuer.get(entry.issuerCanon) ?? [];
+    this.byIssuer.set(entry.issuerCanon, [...list, entry]);
+    this.logger.info({ source: entry.source, issuer: entry.issuerDn, crlNumber: entry.crlNumber, revokedCount: entry.revokedCount }, 'CRL loaded');
+  }
+
+  private drop(name: string, why: string): void {
+    if (this.unindex(name)) this.logger.info({ source: name, why }, 'CRL unloaded');
+  }
+
+  private unindex(name: string): boolean {
+    const old = this.bySource.get(name);
+    if (!old) return false;
+    this.bySource.delete(name);
+    const rest = (this.byIssuer.get(old.issuerCanon) ?? []).filter((c) => c !== old);
+    if (rest.length) this.byIssuer.set(old.issuerCanon, rest);
+    else this.byIssuer.delete(old.issuerCanon);
+    return true;
+  }
+}
+
+/** A revoked (or unreadable) serial's verdict; null when this CRL does not list it. */
+function serialVerdict(crl: IndexedCrl, serial: Buffer): RevocationVerdict | null {
+  let revoked: boolean;
+  try {
+    revoked = crl.revoked.hasBytes(serial);
+  } catch (e) {
+    return { status: 'revoked', detail: `serial cannot be checked against the CRL of "${crl.issuerDn}": ${(e as Error).message}` };
+  }
+  if (!revoked) return null;
+  return { status: 'revoked', detail: `serial ${serialHexFromDer(serial)} is revoked by "${crl.issuerDn}" (CRL source "${crl.source}")` };
+}
+
+/**
+ * Runs one task per key at a time; a call while the key's task runs asks for
+ * one more run after it (however many calls came), and resolves after that.
+ * (Also used by the CRL scheduler to serialise its configuration syncs.)
+ */
+export class Coalescer {
+  private readonly running = new Map<string, { done: Promise<void>; again: boolean }>();
+
+  run(key: string, task: () => Promise<void>): Promise<void> {
+    const current = this.running.get(key);
+    if (current) {
+      current.again = true;
+      return current.done;
+    }
+    const state = { done: Promise.resolve(), again: false };
+    state.done = (async () => {
+      try {
+        do {
+          state.again = false;
+          await task();
+        } while (state.again);
+      } finally {
+        this.running.delete(key);
+      }
+    })();
+    this.running.set(key, state);
+    return state.done;
+  }
+
+  async idle(): Promise<void> {
+    while (this.running.size) await Promise.allSettled([...this.running.values()].map((s) => s.done));
+  }
+}
+
+async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const queue = [...items];
+  const errors: Error[] = [];
+  const lanes = Array.from({ length: Math.min(limit, queue.length) }, async () => {
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) {
+      await fn(item).catch((e: Error) => errors.push(e));
+    }
+  });
+  await Promise.all(lanes);
+  if (errors.length) throw errors[0];
+}
