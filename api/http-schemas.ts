@@ -81,15 +81,23 @@ export const LdapProfileTest = Type.Union(
   { $id: 'LdapProfileTest' },
 );
 
+const TokenValue = Type.Union([Type.String(), Type.Null()]);
+
 export const LdapProfileTestResult = Type.Object(
   {
-    matched: Type.Boolean({ description: 'An entry was found' }),
+    matched: Type.Boolean({ description: 'An entry was found (exactly one)' }),
     dn: Type.Union([Type.String(), Type.Null()]),
     userId: Type.Union([Type.String(), Type.Null()]),
     authenticated: Type.Union([Type.Boolean(), Type.Null()], { description: 'The password was right (smtpAuth only)' }),
-    allowed: Type.Union([Type.Boolean(), Type.Null()], { description: 'The allowance query admits the user (smtpAuth only)' }),
+    allowed: Type.Union([Type.Boolean(), Type.Null()], { description: 'The allowance query admits the user (smtpAuth with an allowQuery only)' }),
     durationMs: Type.Number(),
-    filter: Type.String({ description: 'The filter as sent to the directory' }),
+    filter: Type.Union([Type.String(), Type.Null()], { description: 'The escaped filter as sent to the directory; null when none was sent (a token the certificate lacks, an empty password)' }),
+    outcome: Type.String({ description: 'The directory answer: one, none, many, missing-field, authenticated, invalid-credentials, unknown-user, empty-password, ambiguous, directory-unavailable' }),
+    tokens: Type.Union([
+      Type.Object({ cn: TokenValue, sn: TokenValue, s: TokenValue, i: TokenValue, e: TokenValue, upn: TokenValue, fp: TokenValue }),
+      Type.Null(),
+    ], { description: 'certificate: the query tokens as read from the certificate (before escaping)' }),
+    allowFilter: Type.Union([Type.String(), Type.Null()], { description: 'smtpAuth: the escaped allowance filter' }),
   },
   { $id: 'LdapProfileTestResult' },
 );

@@ -5,6 +5,7 @@ import { Type } from 'typebox';
 import { CrlStatus, Name } from '../shared/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { notFound, notImplemented } from './errors.ts';
+import { runLdapTest } from './ldap-test.ts';
 import { errorResponses, LdapProfileTest, LdapProfileTestResult, ref } from './http-schemas.ts';
 
 const NameParams = Type.Object({ name: Name });
@@ -19,13 +20,14 @@ export function registerPendingRoutes(app: App, ctx: ApiContext): void {
         summary: 'Run the certificate or SMTP auth query of an LDAP profile now',
         params: NameParams,
         body: ref(LdapProfileTest),
-        response: { 200: ref(LdapProfileTestResult), ...errorResponses(400, 401, 403, 404, 501) },
+        response: { 200: ref(LdapProfileTestResult), ...errorResponses(400, 401, 403, 404) },
       },
     },
     async (request) => {
       const { ldapProfiles } = await ctx.config.get();
-      if (!ldapProfiles.some((p) => p.name === request.params.name)) throw notFound(`LDAP profile "${request.params.name}" does not exist`);
-      throw notImplemented('testing LDAP profile queries is not implemented yet');
+      const profile = ldapProfiles.find((p) => p.name === request.params.name);
+      if (!profile) throw notFound(`LDAP profile "${request.params.name}" does not exist`);
+      return runLdapTest(profile, request.body);
     },
   );
 
