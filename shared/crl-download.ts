@@ -49,8 +49,8 @@ function reasonWithUrl(reason: string, url: string): string {
   return /^HTTP \d{3}\b/.test(reason) ? reason.replace(/^HTTP (\d{3})/, `HTTP $1 from ${url}`) : `${url}: ${reason}`;
 }
 
-function mib(bytes: number): string {
-  return `${Math.round((bytes / 1024 / 1024) * 10) / 10} MiB`;
+function size(bytes: number): string {
+  return bytes < 1024 * 1024 ? `${bytes} bytes` : `${Math.round((bytes / 1024 / 1024) * 10) / 10} MiB`;
 }
 
 /** Downloads the file at `url` (see the top of this file). */
@@ -149,7 +149,7 @@ async function readBody(res: IncomingMessage, o: HttpOptions, signal: AbortSigna
 }
 
 function tooLarge(url: string, maxBytes: number): CrlDownloadError {
-  return new CrlDownloadError(url, `the file is larger than the limit of ${mib(maxBytes)}`);
+  return new CrlDownloadError(url, `the file is larger than the limit of ${size(maxBytes)}`);
 }
 
 /** Connection-level failures, named by their cause (refused, DNS, TLS, deadline). */
