@@ -1,0 +1,653 @@
+/**
+ * SMTP throughput benchmark: certgate's worker against bare references, on 127.0.0.1.
+ *
+ *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|all]
+ *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--profile]
+ *
+ * Scenarios (SPEC §3, §4):
+ * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
+ *   user: bind method, deployment B's allow query) + one small message relayed to a sink +
+ *   QUIT. certgate = the real worker process configured through the API like deployment B;
+ *   reference = a bare smtp-server (own child process) accepting any AUTH PLAIN and relaying
+ *   with worker/next-hop.ts relayMessage.
+ * - cert: each session = new connection + STARTTLS with a smart-card-shaped client
+ *   certificate listed in the directory + EHLO + one message (no AUTH); certgate configured
+ *   like deployment A. References: a bare Node TLS server with requestCert (implicit TLS,
+ *   ends the socket after the handshake; issue 4's reference) and a bare smtp-server with
+ *   requestCert + STARTTLS + relay.
+ *
+ * Each scenario runs reference(s) and certgate alternately in several rounds (the order
+ * rotates), reports every round, the medians and the ratio. The client load generator runs
+ * in its own child process; its CPU (and that of the worker, the references, slapd, Redis
+ * and this process, which hosts the sink) is reported per session so that a reader can tell
+ * which process limited the rate. Prints numbers; asserts nothing. Everything it starts
+ * (Redis, slapd, API, worker, children) is stopped at the end, also on Ctrl-C.
+ *
+ * --profile runs the worker and the reference process under V8's sampling profiler (the
+ * inspector, started by a preload module) and prints where their CPU went, per session (the
+ * rates of that run are perturbed by the profiler).
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Redis } from 'ioredis';
+import { startSystem, type System } from '../test/helpers/system.ts';
+import { peopleLdif, type PersonSpec } from '../test/helpers/people.ts';
+import { freePort } from '../test/helpers/ports.ts';
+import type { Issued } from '../test/helpers/pki.ts';
+import { CAC_TEXT, cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
+import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/load-generator.ts';
+import type { ReferenceChildMessage, ReferenceConfig, ReferencePorts } from './lib/reference-servers.ts';
+import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs } from './lib/stats.ts';
+import { summarizeProfile } from './lib/cpuprofile.ts';
+import { greetingDelayPreload, removeGreetingDelay } from './lib/greeting-delay.ts';
+
+const cores = availableParallelism();
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const HOST = '127.0.0.1';
+
+// ------------------------------------------------------------------------------- options
+
+const { values: argv } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '8' },
+    clients: { type: 'string', default: '32' },
+    scenario: { type: 'string', default: 'all' },
+    rounds: { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '1.5' },
+    'client-key': { type: 'string', default: 'rsa' },
+    users: { type: 'string', default: '64' },
+    profile: { type: 'boolean', default: false },
+    'greeting-delay': { type: 'string', default: 'on' },
+  },
+});
+const seconds = Number(argv.seconds);
+const clients = Number(argv.clients);
+const rounds = Number(argv.rounds);
+const warmup = Number(argv.warmup);
+const userCount = Number(argv.users);
+const clientKey = argv['client-key'];
+const scenarioArg = argv.scenario;
+const greetingDelay = argv['greeting-delay'];
+if (greetingDelay !== 'on' && greetingDelay !== 'sink-off' && greetingDelay !== 'off') throw new Error('--greeting-delay: on, sink-off or off');
+if (!(seconds > 0 && seconds <= 120)) throw new Error('--seconds: 0 < s <= 120');
+if (!(Number.isInteger(clients) && clients >= 1 && clients <= 512)) throw new Error('--clients: 1..512');
+if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 9)) throw new Error('--rounds: 1..9');
+if (!(warmup >= 0 && warmup <= 30)) throw new Error('--warmup: 0..30 s');
+if (!(Number.isInteger(userCount) && userCount >= 1 && userCount <= 10_000)) throw new Error('--users: 1..10000');
+if (clientKey !== 'rsa' && clientKey !== 'ec') throw new Error('--client-key: rsa or ec');
+if (scenarioArg !== 'auth' && scenarioArg !== 'cert' && scenarioArg !== 'all') throw new Error('--scenario: auth, cert or all');
+const scenarios: Array<'auth' | 'cert'> = scenarioArg === 'all' ? ['auth', 'cert'] : [scenarioArg];
+const keyType: 'rsa' | 'ec' = clientKey === 'ec' ? 'ec' : 'rsa';
+
+const CARD_COUNT = 8;
+const SESSION_TIMEOUT_MS = 30_000;
+const DRAIN_MS = 20_000;
+/** Count bound of one run: far above anything this machine reaches. */
+const MAX_SESSIONS_PER_RUN = Math.ceil((warmup + seconds) * 5_000);
+
+const MESSAGE = [
+  'From: <sender@example.com>',
+  'To: <rcpt@example.com>',
+  'Subject: certgate bench',
+  'Message-ID: <bench@client.bench.example>',
+  'MIME-Version: 1.0',
+  'Content-Type: text/plain; charset=us-ascii',
+  '',
+  'A small message, relayed once per session.',
+  '',
+].join('\r\n');
+
+// ------------------------------------------------------------------------------- children
+
+function forkChild(module: string, nodeOptions = ''): ChildProcess {
+  return fork(join(ROOT, module), [], {
+    cwd: ROOT,
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    env: { ...process.env, NODE_OPTIONS: nodeOptions },
+  });
+}
+
+function nextMessage<T>(child: ChildProcess, timeoutMs: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => finish(new Error(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    const onMessage = (m: T) => finish(null, m);
+    const onExit = (code: number | null) => finish(new Error(`${what}: child exited (${code})`));
+    function finish(err: Error | null, m?: T) {
+      clearTimeout(timer);
+      child.removeListener('message', onMessage);
+      child.removeListener('exit', onExit);
+      if (err) reject(err);
+      else resolve(m as T);
+    }
+    child.on('message', onMessage);
+    child.once('exit', onExit);
+  });
+}
+
+async function stopChild(child: ChildProcess | null, exitMessage: unknown): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  try {
+    child.send(exitMessage as never);
+  } catch {
+    child.kill('SIGTERM');
+  }
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+class LoadChild {
+  private constructor(readonly child: ChildProcess) {}
+
+  static async start(): Promise<LoadChild> {
+    const child = forkChild('bench/lib/load-generator.ts');
+    const m = await nextMessage<ChildMessage>(child, 30_000, 'load generator start');
+    if (m.type !== 'ready') throw new Error(`load generator: unexpected ${m.type}`);
+    return new LoadChild(child);
+  }
+
+  /** Runs one load; `onWindow` is called when the measured window starts and ends. */
+  run(spec: LoadSpec, onWindow: (edge: 'start' | 'end') => void): Promise<LoadResult> {
+    const limit = spec.warmupMs + spec.measureMs + spec.drainMs + 30_000;
+    return new Promise<LoadResult>((resolve, reject) => {
+      const timer = setTimeout(() => finish(new Error('load generator: no result in time')), limit);
+      const onMessage = (m: ChildMessage) => {
+        if (m.type === 'window-start') onWindow('start');
+        else if (m.type === 'window-end') onWindow('end');
+        else if (m.type === 'result') finish(null, m.result);
+        else if (m.type === 'error') finish(new Error(`load generator: ${m.message}`));
+      };
+      const onExit = (code: number | null) => finish(new Error(`load generator exited (${code})`));
+      const finish = (err: Error | null, r?: LoadResult) => {
+        clearTimeout(timer);
+        this.child.removeListener('message', onMessage);
+        this.child.removeListener('exit', onExit);
+        if (err) reject(err);
+        else resolve(r!);
+      };
+      this.child.on('message', onMessage);
+      this.child.once('exit', onExit);
+      this.child.send({ type: 'run', spec } satisfies ParentMessage);
+    });
+  }
+
+  stop(): Promise<void> {
+    return stopChild(this.child, { type: 'exit' } satisfies ParentMessage);
+  }
+}
+
+async function startReferences(config: ReferenceConfig, nodeOptions: string): Promise<{ child: ChildProcess; ports: ReferencePorts }> {
+  const child = forkChild('bench/lib/reference-servers.ts', nodeOptions);
+  child.send({ type: 'start', config });
+  const m = await nextMessage<ReferenceChildMessage>(child, 30_000, 'reference servers start');
+  if (m.type !== 'ready') {
+    await stopChild(child, { type: 'exit' });
+    throw new Error(`reference servers: ${m.message}`);
+  }
+  return { child, ports: m.ports };
+}
+
+// ------------------------------------------------------------------------------- measuring
+
+interface Target {
+  key: string;
+  label: string;
+  kind: 'smtp' | 'tls';
+  port: number;
+  serverPid: number | undefined;
+  certgate: boolean;
+}
+
+interface CpuSnapshot {
+  server: number | null;
+  client: number | null;
+  slapd: number | null;
+  redis: number | null;
+  bench: number;
+  /** Whole machine, all cores: busy CPU ms so far. */
+  machine: number | null;
+}
+
+interface RunResult {
+  target: Target;
+  rate: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  completed: number;
+  errors: number;
+  errorSamples: string[];
+  /** CPU ms per completed session, by process (null: unknown). */
+  cpuPerSession: Record<keyof CpuSnapshot, number | null>;
+  /** Share of one core, by process. */
+  cpuShare: Record<keyof CpuSnapshot, number | null>;
+  clientElu: number;
+  sinkDelta: number;
+  succeededTotal: number;
+  /** certgate only: LDAP operations per session and their mean latency. */
+  ldap: Array<{ kind: string; perSession: number; meanMs: number }>;
+  /** The header lines the next hop saw first in the last relayed message (sanity check). */
+  lastMessageHead: string | null;
+}
+
+interface Context {
+  sys: System;
+  load: LoadChild;
+  pids: { client: number | undefined; slapd: number | undefined; redis: number | undefined };
+  metricsUrl: string;
+}
+
+async function snapshot(ctx: Context, serverPid: number | undefined): Promise<CpuSnapshot> {
+  const [server, client, slapd, redis, machine] = await Promise.all([
+    processCpuMs(serverPid), processCpuMs(ctx.pids.client), processCpuMs(ctx.pids.slapd), processCpuMs(ctx.pids.redis), machineCpuMs(),
+  ]);
+  const own = process.cpuUsage();
+  return { server, client, slapd, redis, bench: (own.user + own.system) / 1000, machine: machine?.busy ?? null };
+}
+
+async function ldapTotals(ctx: Context): Promise<Map<string, { sum: number; count: number }>> {
+  try {
+    return histogramTotals(await fetchText(ctx.metricsUrl), 'certgate_ldap_duration_seconds');
+  } catch {
+    return new Map();
+  }
+}
+
+async function measure(ctx: Context, target: Target, base: Omit<LoadSpec, 'kind' | 'port'>): Promise<RunResult> {
+  const ldapBefore = target.certgate ? await ldapTotals(ctx) : new Map<string, { sum: number; count: number }>();
+  const sinkBefore = ctx.sys.sink.messages.length;
+  let start: Promise<CpuSnapshot> | null = null;
+  let end: Promise<CpuSnapshot> | null = null;
+  const res = await ctx.load.run({ ...base, kind: target.kind, port: target.port }, (edge) => {
+    if (edge === 'start') start = snapshot(ctx, target.serverPid);
+    else end = snapshot(ctx, target.serverPid);
+  });
+  const s0 = start ? await start : null;
+  const s1 = end ? await end : null;
+  const windowS = res.windowMs / 1000;
+  const perSession = {} as RunResult['cpuPerSession'];
+  const share = {} as RunResult['cpuShare'];
+  for (const k of ['server', 'client', 'slapd', 'redis', 'bench', 'machine'] as const) {
+    const a = s0?.[k];
+    const b = s1?.[k];
+    const used = a === null || a === undefined || b === null || b === undefined ? null : b - a;
+    perSession[k] = used === null || res.completed === 0 ? null : used / res.completed;
+    share[k] = used === null ? null : used / (windowS * 1000);
+  }
+  // The generator's own account is more precise than /proc ticks.
+  const clientUsed = res.cpuUserMs + res.cpuSystemMs;
+  perSession.client = res.completed ? clientUsed / res.completed : null;
+  share.client = clientUsed / (windowS * 1000);
+
+  const ldap: RunResult['ldap'] = [];
+  if (target.certgate) {
+    const after = await ldapTotals(ctx);
+    const byKind = new Map<string, { sum: number; count: number }>();
+    for (const [labels, v] of after) {
+      const before = ldapBefore.get(labels) ?? { sum: 0, count: 0 };
+      const kind = /kind="([^"]+)"/.exec(labels)?.[1] ?? labels;
+      const e = byKind.get(kind) ?? { sum: 0, count: 0 };
+      e.sum += v.sum - before.sum;
+      e.count += v.count - before.count;
+      byKind.set(kind, e);
+    }
+    const all = res.succeededTotal + res.failedTotal;
+    for (const [kind, v] of byKind) {
+      if (v.count > 0) ldap.push({ kind, perSession: all ? v.count / all : 0, meanMs: (v.sum / v.count) * 1000 });
+    }
+  }
+  const sorted = [...res.latenciesMs].sort((a, b) => a - b);
+  return {
+    target,
+    rate: res.completed / windowS,
+    p50: percentile(sorted, 50),
+    p90: percentile(sorted, 90),
+    p99: percentile(sorted, 99),
+    completed: res.completed,
+    errors: res.errors,
+    errorSamples: res.errorSamples,
+    cpuPerSession: perSession,
+    cpuShare: share,
+    clientElu: res.elu,
+    sinkDelta: ctx.sys.sink.messages.length - sinkBefore,
+    succeededTotal: res.succeededTotal,
+    ldap,
+    lastMessageHead: ctx.sys.sink.messages.at(-1)?.raw.toString('latin1').split('\r\n\r\n')[0]?.split('\r\n').slice(0, 4).join(' ') ?? null,
+  };
+}
+
+const pct = (x: number | null): string => (x === null ? 'n/a' : `${Math.round(x * 100)}%`);
+const ms = (x: number | null): string => (x === null ? 'n/a' : fmt(x, 2));
+
+function printRun(round: number, r: RunResult): void {
+  const c = r.cpuPerSession;
+  const s = r.cpuShare;
+  console.log(
+    `  round ${round}  ${r.target.label.padEnd(34)} ${fmt(r.rate).padStart(6)} sessions/s  p50 ${fmt(r.p50, 0).padStart(4)} ms  p90 ${fmt(r.p90, 0).padStart(4)} ms  p99 ${fmt(r.p99, 0).padStart(4)} ms  ` +
+      `(${r.completed} ok, ${r.errors} errors)`,
+  );
+  console.log(
+    `           CPU ms/session: server ${ms(c.server)}, client ${ms(c.client)}, bench+sink ${ms(c.bench)}, slapd ${ms(c.slapd)}, redis ${ms(c.redis)}` +
+      ` | share of one core: server ${pct(s.server)}, client ${pct(s.client)} (event loop ${pct(r.clientElu)} busy), bench+sink ${pct(s.bench)}, slapd ${pct(s.slapd)}, redis ${pct(s.redis)}`,
+  );
+  if (r.ldap.length) {
+    console.log(`           LDAP per session: ${r.ldap.map((l) => `${l.kind} ${fmt(l.perSession, 2)}× mean ${fmt(l.meanMs, 2)} ms`).join(', ')}`);
+  }
+  if (s.machine !== null) {
+    const ours = (['server', 'client', 'bench', 'slapd', 'redis'] as const).reduce((a, k) => a + (s[k] ?? 0), 0);
+    console.log(`           machine (${cores} cores): ${pct(s.machine)} of one core busy, of which processes outside this benchmark ${pct(Math.max(0, s.machine - ours))}`);
+  }
+  if (r.target.kind === 'smtp' && r.sinkDelta !== r.succeededTotal) {
+    console.log(`           note: the sink got ${r.sinkDelta} messages for ${r.succeededTotal} successful sessions`);
+  }
+  for (const e of r.errorSamples) console.log(`           error: ${e}`);
+}
+
+interface Summary {
+  target: Target;
+  rate: number;
+  p50: number;
+  p99: number;
+  clientShare: number;
+  rates: number[];
+}
+
+function summarize(results: RunResult[], target: Target): Summary {
+  const mine = results.filter((r) => r.target.key === target.key);
+  return {
+    target,
+    rate: median(mine.map((r) => r.rate)),
+    p50: median(mine.map((r) => r.p50)),
+    p99: median(mine.map((r) => r.p99)),
+    clientShare: median(mine.map((r) => r.cpuShare.client ?? NaN)),
+    rates: mine.map((r) => r.rate),
+  };
+}
+
+async function runScenario(ctx: Context, name: string, targets: Target[], base: Omit<LoadSpec, 'kind' | 'port'>): Promise<RunResult[]> {
+  const results: RunResult[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    // Rotate the order so that no target always runs first (JIT warm-up, drift).
+    const shift = (round - 1) % targets.length;
+    const order = [...targets.slice(shift), ...targets.slice(0, shift)];
+    for (const t of order) {
+      const r = await measure(ctx, t, base);
+      results.push(r);
+      printRun(round, r);
+      // The sink keeps every message in memory; a long benchmark must not grow it without bound.
+      ctx.sys.sink.messages.splice(0);
+    }
+  }
+  console.log(`  ${name}: per-round rates (sessions/s):`);
+  for (const t of targets) {
+    console.log(`    ${t.label.padEnd(34)} ${results.filter((r) => r.target.key === t.key).map((r) => fmt(r.rate)).join('  ')}`);
+  }
+  return results;
+}
+
+// ------------------------------------------------------------------------------- setup
+
+function benchUsers(n: number): PersonSpec[] {
+  return Array.from({ length: n }, (_, i) => ({ uid: `bench${String(i).padStart(4, '0')}`, password: `pw-${i}-bench`, mail: `bench${i}@example.com` }));
+}
+
+async function redisPid(url: string): Promise<number | undefined> {
+  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await r.connect();
+    const info = await r.info('server');
+    const m = /process_id:(\d+)/.exec(info);
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    r.disconnect();
+  }
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const perScenarioRuns = { auth: 2, cert: 3 };
+  const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
+  console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
+    `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
+
+  const workDir = await mkdtemp(join(tmpdir(), 'certgate-bench-'));
+  const profileDir = argv.profile ? join(workDir, 'profiles') : null;
+  /** NODE_OPTIONS preloads for certgate's worker and the reference process. */
+  const preloads = { worker: [] as string[], reference: [] as string[] };
+  if (greetingDelay !== 'on') removeGreetingDelay(); // the sink lives in this process
+  if (greetingDelay === 'off') {
+    const file = join(workDir, 'no-greeting-delay.mjs');
+    await writeFile(file, greetingDelayPreload());
+    preloads.worker.push(`--import ${file}`);
+    preloads.reference.push(`--import ${file}`);
+  }
+  if (profileDir) {
+    // `--cpu-prof` is not allowed in NODE_OPTIONS (Node 20): a preload module starts the
+    // inspector's profiler instead and writes the profile when the process exits.
+    for (const sub of ['worker', 'reference'] as const) {
+      await mkdir(join(profileDir, sub), { recursive: true });
+      const file = join(profileDir, `${sub}-profiler.mjs`);
+      await writeFile(file, profilerPreload(join(profileDir, sub)));
+      preloads[sub].push(`--import ${file}`);
+    }
+  }
+  /** Sessions each profiled process served, for per-session figures. */
+  const served = { worker: 0, reference: 0 };
+  let sys: System | null = null;
+  let load: LoadChild | null = null;
+  let refs: ChildProcess | null = null;
+  let stopping = false;
+  const cleanup = async () => {
+    if (stopping) return;
+    stopping = true;
+    await Promise.allSettled([load?.stop(), stopChild(refs, { type: 'exit' })]);
+    await sys?.stop();
+  };
+  const onSignal = () => {
+    console.log('\ninterrupted: stopping everything');
+    void cleanup()
+      .then(() => rm(workDir, { recursive: true, force: true }))
+      .finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  try {
+    sys = await startSystem({
+      workers: 1,
+      workerEnv: preloads.worker.length ? { NODE_OPTIONS: preloads.worker.join(' ') } : {},
+    });
+    const pki = sys.pki;
+    const server = await pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: [HOST] });
+    // Smart-card shaped: CN LAST.FIRST.EDIPI, UPN and e-mail in subjectAltName, digitalSignature,
+    // clientAuth; issued by an intermediate as CAC/PIV certificates are, sent with it.
+    const cards: Issued[] = await Promise.all(
+      Array.from({ length: CARD_COUNT }, (_, i) => pki.client({
+        cn: `BENCH.CARD${i}.${1_000_000_000 + i}`, upn: `${1_000_000_000 + i}@mil`, email: `card${i}@example.mil`, issuer: 'intermediate', keyType,
+      })),
+    );
+    const users = benchUsers(userCount);
+    await sys.slapd.add(peopleLdif([...users, ...cards.map((c, i) => cardHolder(`card${i}`, c))]));
+
+    // Deployment B (SMTP AUTH only) and deployment A (certificate only), each on its own listener.
+    const portB = await freePort();
+    const portA = await freePort();
+    const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
+    await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
+    await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
+    await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
+      name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp-b', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
+    });
+    await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp-a', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+    const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };
+    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-B', verifyClientCertificate: false });
+    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true });
+    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b', port: portB, authProfile: 'ldap-auth', policy: 'RELAYED-B', tls: { ...serverTls, clientCaPem: null } }));
+    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
+    await sys.settled(10_000);
+
+    const ref = await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' '));
+    refs = ref.child;
+    load = await LoadChild.start();
+    const worker = sys.workers[0]!;
+    const ctx: Context = {
+      sys,
+      load,
+      pids: { client: load.child.pid, slapd: Number((await readFile(join(sys.slapd.dir, 'slapd.pid'), 'utf8').catch(() => '')).trim()) || undefined, redis: await redisPid(sys.redis.url) },
+      metricsUrl: `http://${HOST}:${worker.metricsPort}/metrics`,
+    };
+    const base = {
+      host: HOST, clients, warmupMs: warmup * 1000, measureMs: seconds * 1000, maxSessions: MAX_SESSIONS_PER_RUN, drainMs: DRAIN_MS,
+      sessionTimeoutMs: SESSION_TIMEOUT_MS, from: 'sender@example.com', to: 'rcpt@example.com', message: MESSAGE,
+    };
+    const summaries: string[] = [];
+    if (profileDir) {
+      // Profile from here on (see profilerPreload).
+      for (const pid of [worker.child.pid, refs.pid]) if (pid) process.kill(pid, 'SIGUSR2');
+    }
+
+    if (scenarios.includes('auth')) {
+      console.log(`\nauth: STARTTLS + AUTH PLAIN (LDAP bind + allow query, ${userCount} users) + one message relayed + QUIT`);
+      const targets: Target[] = [
+        { key: 'ref', label: 'bare smtp-server (AUTH unchecked)', kind: 'smtp', port: ref.ports.smtpAuth, serverPid: refs.pid, certgate: false },
+        { key: 'cg', label: 'certgate (deployment B)', kind: 'smtp', port: portB + worker.offset, serverPid: worker.child.pid, certgate: true },
+      ];
+      const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
+      const results = await runScenario(ctx, 'auth', targets, spec);
+      count(served, results);
+      const [r, c] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
+      const roundRatios = perRoundRatios(results, 'cg', 'ref');
+      const line = `auth: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare ${fmt(r.rate)} sessions/s ` +
+        `(p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ratio ${fmt(c.rate / r.rate, 2)} (target ≥ 0.8: ${c.rate / r.rate >= 0.8 ? 'met' : 'MISSED'}; ` +
+        `per-round ${roundRatios.map((x) => fmt(x, 2)).join('/')}, median ${fmt(median(roundRatios), 2)}); client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
+      console.log('  ' + line);
+      summaries.push(line);
+      printHead(results);
+    }
+
+    if (scenarios.includes('cert')) {
+      console.log(`\ncert: STARTTLS with a client certificate (${CARD_COUNT} listed cards, ${keyType.toUpperCase()}) + one message relayed, no AUTH`);
+      const targets: Target[] = [
+        { key: 'tls', label: 'bare TLS handshake (requestCert)', kind: 'tls', port: ref.ports.tlsBare, serverPid: refs.pid, certgate: false },
+        { key: 'ref', label: 'bare smtp-server (requestCert)', kind: 'smtp', port: ref.ports.smtpCert, serverPid: refs.pid, certgate: false },
+        { key: 'cg', label: 'certgate (deployment A)', kind: 'smtp', port: portA + worker.offset, serverPid: worker.child.pid, certgate: true },
+      ];
+      const spec = { ...base, certs: cards.map((c) => ({ cert: c.chainPem, key: c.keyPem })), users: [] };
+      const results = await runScenario(ctx, 'cert', targets, spec);
+      count(served, results);
+      const [t, r, c] = targets.map((x) => summarize(results, x)) as [Summary, Summary, Summary];
+      const line = `cert: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare TLS handshake ${fmt(t.rate)}/s ` +
+        `→ ratio ${fmt(c.rate / t.rate, 2)} (target ≥ 0.5: ${c.rate / t.rate >= 0.5 ? 'met' : 'MISSED'}; per-round ${roundList(results, 'cg', 'tls')}); ` +
+        `vs bare smtp-server ${fmt(r.rate)} sessions/s (p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ratio ${fmt(c.rate / r.rate, 2)} ` +
+        `(per-round ${roundList(results, 'cg', 'ref')}); client CPU ${pct(c.clientShare)} of a core with certgate, ` +
+        `${pct(t.clientShare)} with bare TLS, ${pct(r.clientShare)} with bare smtp-server`;
+      console.log('  ' + line);
+      summaries.push(line);
+      printHead(results);
+    }
+
+    console.log('\nsummary');
+    for (const s of summaries) console.log(s);
+  } finally {
+    await cleanup();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    // The profiles exist once the processes have exited.
+    if (profileDir) {
+      await printProfiles(join(profileDir, 'worker'), 'certgate worker', served.worker).catch((e: Error) => console.log(`profile: ${e.message}`));
+      await printProfiles(join(profileDir, 'reference'), 'reference servers', served.reference).catch((e: Error) => console.log(`profile: ${e.message}`));
+    }
+    await rm(workDir, { recursive: true, force: true });
+  }
+  console.log(`\ndone in ${fmt((Date.now() - started) / 1000, 0)} s`);
+}
+
+function roundList(results: RunResult[], num: string, den: string): string {
+  const r = perRoundRatios(results, num, den);
+  return `${r.map((x) => fmt(x, 2)).join('/')}, median ${fmt(median(r), 2)}`;
+}
+
+function count(served: { worker: number; reference: number }, results: RunResult[]): void {
+  for (const r of results) {
+    if (r.target.certgate) served.worker += r.succeededTotal;
+    else served.reference += r.succeededTotal;
+  }
+}
+
+/** certgate's rate over the reference's, round by round (same round = same machine weather). */
+function perRoundRatios(results: RunResult[], num: string, den: string): number[] {
+  const a = results.filter((r) => r.target.key === num);
+  const b = results.filter((r) => r.target.key === den);
+  return a.map((x, i) => x.rate / (b[i]?.rate ?? NaN));
+}
+
+/** What the next hop saw at the top of a message certgate relayed: its Received header. */
+function printHead(results: RunResult[]): void {
+  const head = results.find((r) => r.target.certgate && r.lastMessageHead)?.lastMessageHead;
+  if (head) console.log(`  the sink's view of a message certgate relayed: ${head}`);
+}
+
+/** A preload module (plain JS: it runs before tsx is registered) profiling the whole process. */
+function profilerPreload(dir: string): string {
+  return [
+    "import { Session } from 'node:inspector';",
+    "import { writeFileSync } from 'node:fs';",
+    'const session = new Session();',
+    'session.connect();',
+    "session.post('Profiler.enable');",
+    "session.post('Profiler.setSamplingInterval', { interval: 1000 });",
+    'let running = false;',
+    '// Started by SIGUSR2 from the benchmark once start-up is over, so module loading stays out.',
+    "process.on('SIGUSR2', () => {",
+    '  if (running) return;',
+    '  running = true;',
+    "  session.post('Profiler.start');",
+    '});',
+    "process.on('exit', () => {",
+    '  if (!running) return;',
+    '  // A same-thread inspector session answers synchronously, so this runs before the exit.',
+    "  session.post('Profiler.stop', (err, r) => {",
+    `    if (!err) writeFileSync(${JSON.stringify(dir)} + '/' + process.pid + '.cpuprofile', JSON.stringify(r.profile));`,
+    '  });',
+    '});',
+    '',
+  ].join('\n');
+}
+
+const INCLUSIVE = [
+  'secured', 'checkCertificate', 'certificateFacts', 'validateClientCertificate', 'presentedChain', 'getPeerCertificate', 'lookupCertificate',
+  'authenticate', 'checkAllowed', 'userBind', 'searchOnPool', 'toLdapFilter', 'parseFilter', 'renderFilter',
+  'event', 'record', 'recordEvent', 'xadd', 'data', 'relayMessage', 'receivedHeader', 'beforeCommand', 'ehloFeatures', 'onReply',
+  'LOG', 'asJson', 'write', 'stringify',
+];
+
+async function printProfiles(dir: string, what: string, sessions: number): Promise<void> {
+  const files = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.cpuprofile'));
+  if (files.length === 0) {
+    console.log(`\nprofile: the ${what} wrote no .cpuprofile`);
+    return;
+  }
+  const row = (t: number, busy: number, name: string) =>
+    `    ${fmt((100 * t) / busy).padStart(5)}%  ${fmt(t, 0).padStart(7)} ms  ${sessions ? fmt(t / sessions, 3).padStart(6) : '   n/a'} ms/session  ${name}`;
+  for (const f of files) {
+    const s = await summarizeProfile(join(dir, f), INCLUSIVE, 30);
+    console.log(`\n${what} CPU profile ${f}: ${fmt(s.totalMs / 1000)} s sampled, ${fmt(s.busyMs / 1000)} s busy, ${sessions} sessions ` +
+      `(${sessions ? fmt(s.busyMs / sessions, 2) : 'n/a'} ms busy per session)`);
+    console.log('  self time by area:');
+    for (const [a, t] of s.byArea) console.log(row(t, s.busyMs, a));
+    console.log('  top functions (self):');
+    for (const [a, t] of s.topSelf) console.log(row(t, s.busyMs, a));
+    console.log('  inclusive (synchronous) time of chosen functions:');
+    for (const [a, t] of s.inclusive) if (t > 0) console.log(row(t, s.busyMs, a));
+  }
+}
+
+await main();
