@@ -20,10 +20,11 @@
 import type { X509Certificate } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { parseCrlOffThread, type RevokedSerials } from './crl.ts';
+import { joinChunks } from './crl-download.ts';
 import { loadConfig } from './config-store.ts';
-import { parseStatus, readCrlStatus, type CrlLogger } from './crl-refresh.ts';
+import { REDIS_SLICE, parseStatus, readCrlStatus, type CrlLogger } from './crl-refresh.ts';
 import { keys } from './redis-keys.ts';
-import type { CrlSettings } from './schemas.ts';
+import type { CrlSettings, CrlStatus } from './schemas.ts';
 import { canonicalName, certInfo, nameTlv, serialHexFromDer } from './x509.ts';
 
 /** What revocation data says of a validated chain (leaf first); the same type as worker/session.ts. */
@@ -182,12 +183,7 @@ export class CrlStore {
     if (!this.enabled.has(name)) return this.drop(name, 'source deleted or disabled');
     const loaded = this.bySource.get(name);
     if (loaded && loaded.sha256 !== null && (await readCrlStatus(this.redis, name)).sha256 === loaded.sha256) return;
-    // DER and status are written in one MULTI by the refresher: read them in one too.
-    const results = await this.redis.multi().getBuffer(keys.crlData(name)).get(keys.crlStatus(name)).exec();
-    const failed = results?.find(([err]) => err);
-    if (!results || failed) throw failed?.[0] ?? new Error('transaction aborted');
-    const der = results[0][1] as Buffer | null;
-    const status = parseStatus(results[1][1] as string | null);
+    const { der, status } = await this.readStored(name);
     if (der === null) return this.drop(name, 'no CRL in force');
     let crl;
     try {
@@ -209,6 +205,29 @@ export class CrlStore {
       revoked: crl.revoked,
       sha256: status.sha256,
     });
+  }
+
+  /**
+   * The DER and status of a source, consistent with each other (the refresher
+   * switches both in one MULTI, so they are read in one too). The DER comes in
+   * slices: one GET of a 27 MB value blocks the event loop for 20+ ms while
+   * ioredis joins it. The length read first plans the slices; the MULTI
+   * re-reads it and a change in between means another round.
+   */
+  private async readStored(name: string): Promise<{ der: Buffer | null; status: CrlStatus }> {
+    const dataKey = keys.crlData(name);
+    for (let round = 0; round < 5; round++) {
+      const size = await this.redis.strlen(dataKey);
+      const tx = this.redis.multi().get(keys.crlStatus(name)).strlen(dataKey);
+      for (let o = 0; o < size; o += REDIS_SLICE) tx.getrangeBuffer(dataKey, o, Math.min(o + REDIS_SLICE, size) - 1);
+      const results = await tx.exec();
+      const failed = results?.find(([err]) => err);
+      if (!results || failed) throw failed?.[0] ?? new Error('transaction aborted');
+      if (results[1][1] !== size) continue;
+      const status = parseStatus(results[0][1] as string | null);
+      return { der: size === 0 ? null : await joinChunks(results.slice(2).map(([, v]) => v as Buffer), size), status };
+    }
+    throw new Error('the stored CRL kept changing while it was read');
   }
 
   private install(entry: IndexedCrl): void {
