@@ -57,6 +57,8 @@ interface IndexedCrl {
 
 /** Parsing threads at once during a full load (each holds a copy of its CRL). */
 const LOAD_CONCURRENCY = 2;
+/** Delay before a failed reload is tried again. */
+const RETRY_MS = 5000;
 
 export class CrlStore {
   private readonly redis: Redis;
@@ -66,6 +68,7 @@ export class CrlStore {
   private readonly byIssuer = new Map<string, IndexedCrl[]>();
   private enabled = new Set<string>();
   private readonly runs = new Coalescer();
+  private readonly retries = new Set<NodeJS.Timeout>();
   private subscribed = false;
   private stopped = false;
 
@@ -87,7 +90,7 @@ export class CrlStore {
     // Subscribe before loading, so a change made during the load is not missed.
     await this.sub.subscribe(keys.crlChannel, keys.configChannel);
     this.sub.on('ready', () => {
-      if (this.subscribed && !this.stopped) this.background(this.syncConfig(), 'resync after reconnect');
+      if (this.subscribed && !this.stopped) this.background('resync after reconnect', () => this.syncConfig());
     });
     this.subscribed = true;
     await this.syncConfig();
@@ -95,6 +98,7 @@ export class CrlStore {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const t of this.retries) clearTimeout(t);
     await this.runs.idle();
     await this.sub.quit().catch(() => undefined);
     if (this.ownsRedis) await this.redis.quit().catch(() => undefined);
@@ -155,12 +159,24 @@ export class CrlStore {
 
   private onMessage(channel: string, message: string): void {
     if (this.stopped) return;
-    if (channel === keys.crlChannel) this.background(this.reload(message), `reload of CRL source "${message}"`);
-    else if (channel === keys.configChannel) this.background(this.syncConfig(), 'configuration change');
+    if (channel === keys.crlChannel) this.background(`reload of CRL source "${message}"`, () => this.reload(message));
+    else if (channel === keys.configChannel) this.background('configuration change', () => this.syncConfig());
   }
 
-  private background(p: Promise<void>, what: string): void {
-    p.catch((err: Error) => this.logger.error({ err: err.message }, `CRL store: ${what} failed`));
+  /**
+   * Runs a follow-up task; if it fails (Redis unreachable), retries it until it
+   * succeeds, since the message that asked for it will not come again.
+   */
+  private background(what: string, task: () => Promise<void>): void {
+    task().catch((err: Error) => {
+      if (this.stopped) return;
+      this.logger.error({ err: err.message }, `CRL store: ${what} failed; retrying in ${RETRY_MS / 1000} s`);
+      const timer = setTimeout(() => {
+        this.retries.delete(timer);
+        if (!this.stopped) this.background(what, task);
+      }, RETRY_MS);
+      this.retries.add(timer);
+    });
   }
 
   /** Follows the configuration's list of enabled sources and (re)loads each one whose CRL changed. */
