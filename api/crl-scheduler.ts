@@ -18,7 +18,7 @@
  * Any number of processes may run this side by side (all BullMQ operations
  * used are idempotent).
  */
-import { Queue, Worker, type Job, type JobSchedulerJson } from 'bullmq';
+import { Queue, QueueEvents, Worker, type Job, type JobSchedulerJson } from 'bullmq';
 import { Redis } from 'ioredis';
 import { loadConfig } from '../shared/config-store.ts';
 import { deleteCrlData, readCrlStatus, refreshSource, trustedCrlSigners, type CrlLogger, type RefreshContext } from '../shared/crl-refresh.ts';
@@ -54,7 +54,10 @@ export interface DownloadJobData {
   source: string;
 }
 
+/** Scheduled and immediate downloads: skipped for sources deleted or disabled meanwhile. */
 const JOB_NAME = 'download';
+/** On-demand refreshes queued by `connectCrlRefreshClient`: run for disabled sources too, answer null for unknown ones. */
+const REFRESH_JOB = 'refresh';
 const SCHEDULER_PREFIX = 'crl:';
 /** Finished jobs kept for an hour: enough to deduplicate the immediate downloads, small enough to not pile up. */
 const KEEP_JOBS = { removeOnComplete: { age: 3600, count: 1000 }, removeOnFail: { age: 24 * 3600, count: 1000 } };
@@ -110,6 +113,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
     async (job: Job<DownloadJobData>) => {
       const { crlSources } = await loadConfig(redis);
       const source = crlSources.find((s) => s.name === job.data.source);
+      if (job.name === REFRESH_JOB) return source ? run(source) : null;
       // Deleted or disabled since the job was queued: nothing to do.
       if (!source || !source.enabled) return null;
       // A refresh already running elsewhere makes this run redundant: do not wait for it.
@@ -219,4 +223,46 @@ async function removeDeletedSourcesData(redis: Redis, logger: CrlLogger): Promis
     await deleteCrlData(redis, name);
     logger.info({ source: name }, 'CRL source deleted: its CRL is no longer in force');
   }
+}
+
+export interface CrlRefreshClient {
+  /** As `CrlScheduler.refresh`, run by whichever scheduler process takes the job. */
+  refresh(name: string): Promise<CrlStatus>;
+  close(): Promise<void>;
+}
+
+/**
+ * On-demand refreshes for an API running with SCHEDULER=off: the download
+ * runs in the scheduler process (which holds CRL_FILE_ROOT) through the
+ * queue, and the answer comes back through BullMQ's queue events. Rejects
+ * with CrlSourceNotFoundError for an unknown source, and with a plain Error
+ * when no scheduler process finished the job within `timeoutMs`.
+ */
+export async function connectCrlRefreshClient(opts: { redisUrl: string; timeoutMs?: number }): Promise<CrlRefreshClient> {
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const queueConn = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
+  const eventsConn = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn });
+  const events = new QueueEvents(CRL_QUEUE, { connection: eventsConn });
+  await events.waitUntilReady();
+  return {
+    async refresh(name: string): Promise<CrlStatus> {
+      const job = await queue.add(REFRESH_JOB, { source: name }, { removeOnComplete: { age: 600 }, removeOnFail: { age: 600 } });
+      let status: CrlStatus | null;
+      try {
+        status = (await job.waitUntilFinished(events, timeoutMs)) as CrlStatus | null;
+      } catch (err) {
+        if (!/timed out/.test((err as Error).message)) throw err;
+        await job.remove().catch(() => undefined); // still waiting: nobody will take it in time
+        throw new Error(`no CRL scheduler finished the refresh within ${timeoutMs / 1000} s (with SCHEDULER=off, \`npm run start:scheduler\` must run)`, { cause: err });
+      }
+      if (status === null) throw new CrlSourceNotFoundError(name);
+      return status;
+    },
+    async close(): Promise<void> {
+      await events.close();
+      await queue.close();
+      await Promise.all([queueConn, eventsConn].map((c) => c.quit().catch(() => c.disconnect())));
+    },
+  };
 }

@@ -4,7 +4,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { CrlSourceNotFoundError, startCrlScheduler, type CrlScheduler, type DownloadJobData } from '../api/crl-scheduler.ts';
+import { CrlSourceNotFoundError, connectCrlRefreshClient, startCrlScheduler, type CrlScheduler, type DownloadJobData } from '../api/crl-scheduler.ts';
 import { updateConfig } from '../shared/config-store.ts';
 import { readCrlStatus } from '../shared/crl-refresh.ts';
 import { CRL_QUEUE, keys } from '../shared/redis-keys.ts';
@@ -118,6 +118,33 @@ describe('CRL scheduler', () => {
     assert.equal(status.url, web.url('/a-moved.crl'));
     assert.equal(web.hits('/a-moved.crl'), hits + 1);
     await assert.rejects(scheduler.refresh('nope'), CrlSourceNotFoundError);
+  });
+
+  test('an API with SCHEDULER=off refreshes through the queue, disabled sources too', async () => {
+    const client = await connectCrlRefreshClient({ redisUrl: redisServer.url });
+    try {
+      const hits = web.hits('/a-moved.crl');
+      const status = await client.refresh('a');
+      assert.equal(status.lastError, null);
+      assert.equal(web.hits('/a-moved.crl'), hits + 1);
+      await assert.rejects(client.refresh('nope'), CrlSourceNotFoundError);
+      web.serve('/off.crl', await pki.crl('intermediate', []));
+      await configure(source('off', { enabled: false }));
+      assert.equal((await client.refresh('off')).url, web.url('/off.crl'));
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('without a scheduler process, a queued refresh times out with a clear error', async () => {
+    const lonely = await startRedis();
+    const client = await connectCrlRefreshClient({ redisUrl: lonely.url, timeoutMs: 300 });
+    try {
+      await assert.rejects(client.refresh('a'), /no CRL scheduler finished the refresh within 0\.3 s/);
+    } finally {
+      await client.close();
+      await lonely.stop();
+    }
   });
 
   test('disabling removes the job scheduler and keeps the CRL; enabling brings both back', async () => {
