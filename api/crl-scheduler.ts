@@ -97,6 +97,8 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
   for (const c of connections) c.on('error', (err: Error) => logger.warn({ err: err.message }, 'CRL scheduler: Redis connection error'));
 
   const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn, defaultJobOptions: KEEP_JOBS });
+  // Without a listener BullMQ prints these to stderr unstructured; the connections' own handlers log them.
+  queue.on('error', () => undefined);
   /** Per source, as of the last sync: what it downloads and whether it is enabled. */
   const known = new Map<string, { signature: string; enabled: boolean }>();
   const runs = new Coalescer();
@@ -244,6 +246,11 @@ export async function connectCrlRefreshClient(opts: { redisUrl: string; timeoutM
   const eventsConn = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
   const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn });
   const events = new QueueEvents(CRL_QUEUE, { connection: eventsConn });
+  // Connection errors surface as failed or timed-out refreshes; BullMQ would print them to stderr.
+  const ignore = (): void => undefined;
+  queue.on('error', ignore);
+  events.on('error', ignore);
+  for (const c of [queueConn, eventsConn]) c.on('error', ignore);
   await events.waitUntilReady();
   return {
     async refresh(name: string): Promise<CrlStatus> {
