@@ -2,6 +2,8 @@
 // (SPEC §2.6), their jobs download the sources, and deleted sources lose their CRL.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { CrlSourceNotFoundError, connectCrlRefreshClient, startCrlScheduler, type CrlScheduler, type DownloadJobData } from '../api/crl-scheduler.ts';
@@ -187,5 +189,43 @@ describe('CRL scheduler', () => {
     } finally {
       await second.stop();
     }
+  });
+});
+
+describe('npm run start:scheduler (api/scheduler-main.ts)', () => {
+  /** Runs the entry point; `whenStarted` runs once it logged its start (then it is sent SIGTERM). */
+  async function runMain(env: Record<string, string>, whenStarted?: () => void): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'api/scheduler-main.ts'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+      if (whenStarted && stdout.includes('CRL scheduler started')) {
+        whenStarted();
+        child.kill('SIGTERM');
+        whenStarted = undefined;
+      }
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const [code] = (await once(child, 'exit')) as [number | null];
+    return { code, stdout, stderr };
+  }
+
+  test('bad environment: non-zero exit with a one-line reason', async () => {
+    const bad = await runMain({ REDIS_URL: 'http://nope' });
+    assert.equal(bad.code, 1);
+    assert.equal(bad.stderr, 'certgate scheduler: REDIS_URL must be a redis:// or rediss:// URL, not "http://nope"\n');
+    const noRoot = await runMain({ REDIS_URL: redisServer.url, CRL_FILE_ROOT: '/nonexistent/crls' });
+    assert.equal(noRoot.code, 1);
+    assert.match(noRoot.stderr, /^certgate scheduler: CRL_FILE_ROOT "\/nonexistent\/crls" is not accessible: ENOENT[^\n]*\n$/);
+  });
+
+  test('JSON log lines; SIGTERM stops it cleanly', async () => {
+    let started = false;
+    const run = await runMain({ REDIS_URL: redisServer.url }, () => (started = true));
+    assert.ok(started);
+    assert.equal(run.code, 0);
+    const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { msg: string });
+    assert.ok(lines.some((l) => l.msg === 'stopping'));
   });
 });
