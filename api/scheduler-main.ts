@@ -62,13 +62,9 @@ const fileRoot = fileRootEnv();
 if (fileRoot === null) logger.info('CRL_FILE_ROOT is not set: file: CRL URLs are refused');
 
 await checkRedis(redisUrlText, safeUrl(redisUrl));
-let scheduler: CrlScheduler;
-try {
-  scheduler = await startCrlScheduler({ redisUrl: redisUrlText, logger, fileRoot });
-} catch (err) {
-  fatal(`cannot start: ${(err as Error).message}`);
-}
+const starting: Promise<CrlScheduler> = startCrlScheduler({ redisUrl: redisUrlText, logger, fileRoot });
 
+// Installed before the start completes, so a signal during it still stops cleanly (after it).
 let stopping = false;
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.on(signal, () => {
@@ -76,9 +72,17 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     stopping = true;
     logger.info({ signal }, 'stopping');
     setTimeout(() => fatal(`still stopping after ${STOP_TIMEOUT_MS / 1000} s; exiting`), STOP_TIMEOUT_MS).unref();
-    scheduler.stop().then(
-      () => process.exit(0),
-      (err: Error) => fatal(`error while stopping: ${err.message}`),
-    );
+    starting
+      .then((scheduler) => scheduler.stop())
+      .then(
+        () => process.exit(0),
+        (err: Error) => fatal(`error while stopping: ${err.message}`),
+      );
   });
+}
+
+try {
+  await starting;
+} catch (err) {
+  fatal(`cannot start: ${(err as Error).message}`);
 }
