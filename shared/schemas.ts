@@ -273,6 +273,7 @@ export const SessionEvent = Type.Object(
     user: Type.Union([Type.String(), Type.Null()]),
     outcome: Outcome,
     reason: Type.String(),
+    detail: Type.Union([Type.String(), Type.Null()], { description: 'More about the reason, e.g. that a certificate was not revocation-checked' }),
     command: Type.Union([Type.String(), Type.Null()], { description: 'SMTP command the event answers (CONNECT, STARTTLS, AUTH, MAIL, RCPT, DATA)' }),
     reply: Type.Union([Type.String(), Type.Null()]),
     envelope: Type.Union([

@@ -20,6 +20,7 @@ function event(overrides: Partial<NewSessionEvent>): NewSessionEvent {
     user: 'jdoe',
     outcome: 'accepted',
     reason: 'password accepted',
+    detail: null,
     command: 'AUTH',
     reply: '235 2.7.0 Authentication successful',
     envelope: null,

@@ -12,7 +12,9 @@ import { buildRuntime } from './listener-runtime.ts';
 import { createListenerServer, tlsOptions } from './listener-server.ts';
 import { WorkerMetrics } from './metrics.ts';
 import { relayMessage } from './next-hop.ts';
-import type { ListenerRuntime, RevocationVerdict, SessionDeps } from './session.ts';
+import type { CrlStore } from '../shared/crl-store.ts';
+import type { CrlSettings } from '../shared/schemas.ts';
+import type { ListenerRuntime, RevocationCheck, SessionDeps } from './session.ts';
 import type { GatewayServer } from './smtp-adapter.ts';
 import type { X509Certificate } from 'node:crypto';
 
@@ -28,12 +30,8 @@ export interface GatewayOptions {
   portOffset: number;
   logger: Logger;
   metrics: WorkerMetrics;
-  /** Revocation check of validated client chains (the CRL store); absent: unchecked. */
-  revocation?: (chain: X509Certificate[]) => RevocationVerdict;
-  /** Called after each configuration version is applied (the CRL store follows it too). */
-  onConfig?: (config: VersionedConfig) => void | Promise<void>;
-  /** Extra worker status fields (the CRLs held). */
-  crlStatus?: () => WorkerStatus['crls'];
+  /** The CRLs in force (shared/crl-store.ts); absent: nothing is revocation-checked. */
+  crls?: Pick<CrlStore, 'check' | 'status'>;
 }
 
 interface RunningListener {
@@ -52,6 +50,7 @@ export class Gateway {
   private readonly directories: DirectoryRegistry;
   private readonly deps: SessionDeps;
   private version = -1;
+  private crlSettings: CrlSettings | null = null;
   private sessions = 0;
   private applying: Promise<void> = Promise.resolve();
   private reloadQueued = false;
@@ -72,7 +71,11 @@ export class Gateway {
         recordEvent(this.redis, e).catch((err: Error) => o.logger.warn({ err: err.message }, 'cannot record event'));
       },
       directory: (name) => this.directories.get(name),
-      revocation: o.revocation ?? (() => ({ status: 'unchecked' })),
+      revocation: (chain) => this.revocation(chain, 'inboundSmtpTls'),
+      checkNextHop: async (chain) => {
+        const verdict = this.revocation(chain, 'outboundSmtpTls');
+        return verdict.status === 'revoked' || verdict.status === 'crl-expired' ? verdict.status : null;
+      },
       relay: relayMessage,
       observe: {
         auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
@@ -111,7 +114,7 @@ export class Gateway {
 
   private async apply(config: VersionedConfig): Promise<void> {
     this.directories.apply(config.ldapProfiles);
-    await this.o.onConfig?.(config);
+    this.crlSettings = config.crlSettings;
     const wanted = new Map(config.listeners.filter((l) => l.enabled).map((l) => [l.name, l]));
     for (const [name, r] of this.running) {
       const l = wanted.get(name);
@@ -195,12 +198,19 @@ export class Gateway {
 
   private readonly draining = new Set<Promise<void>>();
 
+  /** §2.6: inboundSmtpTls checks client certificates, outboundSmtpTls the next hop's. */
+  private revocation(chain: X509Certificate[], which: 'inboundSmtpTls' | 'outboundSmtpTls'): RevocationCheck {
+    const settings = this.crlSettings;
+    if (!settings?.[which]) return { status: 'disabled' };
+    return this.o.crls?.check(chain, new Date(), settings) ?? { status: 'unchecked' };
+  }
+
   status(): WorkerStatus {
     return {
       id: this.o.workerId,
       listeners: [...this.running.entries()].map(([name, r]) => ({ name, address: r.runtime.listener.address, port: r.port })),
       configVersion: Math.max(this.version, 0),
-      crls: this.o.crlStatus?.() ?? [],
+      crls: this.o.crls?.status() ?? [],
       sessions: this.sessions,
       lastSeen: new Date().toISOString(),
     };
@@ -208,7 +218,10 @@ export class Gateway {
 
   private async heartbeat(): Promise<void> {
     if (this.stopping) return;
-    await publishHeartbeat(this.redis, this.status()).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'heartbeat failed'));
+    const status = this.status();
+    this.o.metrics.crlEntries.reset();
+    for (const c of status.crls) this.o.metrics.crlEntries.set({ source: c.source }, c.revokedCount);
+    await publishHeartbeat(this.redis, status).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'heartbeat failed'));
   }
 
   /** SIGTERM: no new sessions, in-flight ones get up to 30 s, then everything closes. */

@@ -1,6 +1,7 @@
 // `npm run start:worker`: one stateless SMTP worker (SPEC §1).
 import os from 'node:os';
 import { pino } from 'pino';
+import { CrlStore } from '../shared/crl-store.ts';
 import { Gateway } from './gateway.ts';
 import { WorkerMetrics } from './metrics.ts';
 
@@ -28,10 +29,13 @@ const metricsHost = process.env.METRICS_HOST || '127.0.0.1';
 const workerId = process.env.WORKER_ID || `${os.hostname()}-${process.pid}`;
 
 const metrics = new WorkerMetrics();
-const gateway = new Gateway({ redisUrl, workerId, portOffset, logger, metrics });
+const crls = new CrlStore(redisUrl, logger);
+const gateway = new Gateway({ redisUrl, workerId, portOffset, logger, metrics, crls });
 
 try {
   await metrics.serve(metricsHost, metricsPort);
+  // CRLs first: no session may be accepted before the revocation data is in force.
+  await crls.start();
   await gateway.start();
 } catch (err) {
   fatal(`cannot start: ${(err as Error).message}`);
@@ -44,7 +48,7 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'draining');
-    gateway.stop().then(
+    gateway.stop().then(() => crls.stop()).then(
       () => process.exit(0),
       (err: Error) => fatal(`error while draining: ${err.message}`),
     );

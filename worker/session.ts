@@ -13,6 +13,9 @@ import {
 import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../shared/schemas.ts';
 import { certificateFacts, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
 import type { Challenge, SessionController } from './smtp-adapter.ts';
+import type { RevocationVerdict } from '../shared/crl-store.ts';
+
+export type { RevocationVerdict };
 import type { NextHopTarget, RelayResult } from './next-hop.ts';
 import { receivedHeader } from './received.ts';
 
@@ -23,11 +26,8 @@ export interface DirectoryPort {
   lookupCertificate(values: ReturnType<typeof tokenValues>): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null }>;
 }
 
-/** What revocation data says of a validated chain (leaf first). */
-export type RevocationVerdict =
-  | { status: 'good' | 'unchecked' }
-  | { status: 'revoked' | 'crl-expired'; detail: string }
-  | { status: 'crl-expired-accepted'; detail: string };
+/** What revocation data says of a validated chain (leaf first); `disabled`: inboundSmtpTls is off. */
+export type RevocationCheck = RevocationVerdict | { status: 'disabled' };
 
 /** Everything a listener's sessions share, fixed for one configuration version. */
 export interface ListenerRuntime {
@@ -42,7 +42,9 @@ export interface SessionDeps {
   now(): Date;
   record(event: NewSessionEvent): void;
   directory(ldapProfileName: string): DirectoryPort | null;
-  revocation(chain: X509Certificate[]): RevocationVerdict;
+  revocation(chain: X509Certificate[]): RevocationCheck;
+  /** outboundSmtpTls: null to use the next hop, else why not (e.g. its certificate is revoked). */
+  checkNextHop(chain: X509Certificate[]): Promise<string | null>;
   relay(target: NextHopTarget, envelope: { from: string; to: string[]; smtpUtf8: boolean; body8bit: boolean }, prefix: Buffer, message: Readable): Promise<RelayResult>;
   observe: {
     auth(method: string, outcome: string, reason: string): void;
@@ -50,12 +52,14 @@ export interface SessionDeps {
   };
 }
 
-type EventFields = Pick<NewSessionEvent, 'outcome' | 'reason'> & Partial<Pick<NewSessionEvent, 'command' | 'reply' | 'envelope' | 'method'>>;
+type EventFields = Pick<NewSessionEvent, 'outcome' | 'reason'> & Partial<Pick<NewSessionEvent, 'command' | 'reply' | 'envelope' | 'method' | 'detail'>>;
 
 export class Session implements SessionController {
   readonly state: SessionState;
   private certificate: CertificateFacts | null = null;
   private tlsVersion: string | null = null;
+  /** What the revocation check said of the certificate, for the events that follow. */
+  private revocationNote: string | null = null;
   private allowedNotPermitted = false;
   /** The LDAP auth profile of an AUTH PLAIN/LOGIN exchange in progress. */
   private saslProfile: LdapAuthProfile | null = null;
@@ -147,7 +151,7 @@ export class Session implements SessionController {
       this.deps.observe.auth('certificate', outcome, decision.reason);
       this.event({
         outcome, reason: decision.reason, command: 'STARTTLS', method: decision.user ? 'certificate' : 'none',
-        reply: decision.refuse ? format(decision.refuse) : null,
+        reply: decision.refuse ? format(decision.refuse) : null, detail: this.revocationNote,
       });
     }
     return decision.refuse;
@@ -227,7 +231,10 @@ export class Session implements SessionController {
     const hop = this.runtime.listener.nextHop;
     const result = await this.deps.relay(
       // The final reply must come before the client's own 5-minute timeout runs out.
-      { host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname, finalReplyTimeoutMs: 240_000 },
+      {
+        host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname, finalReplyTimeoutMs: 240_000,
+        checkServerCertificate: (serverChain) => this.deps.checkNextHop(serverChain),
+      },
       { from, to, smtpUtf8: Boolean(env.smtpUtf8), body8bit: env.bodyType === '8bitmime' },
       prefix,
       counter,
@@ -259,10 +266,8 @@ export class Session implements SessionController {
     const chain = validateClientCertificate({ leaf, presented: presentedChain(peer), trusted: this.runtime.clientCas, now: this.deps.now() });
     if (!chain.ok) return { kind: 'invalid', reason: chain.reason };
     const revocation = this.deps.revocation(chain.chain);
+    this.revocationNote = REVOCATION_NOTE[revocation.status] ?? ('detail' in revocation ? revocation.detail : null);
     if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
-    if (revocation.status === 'crl-expired-accepted') {
-      this.event({ outcome: 'accepted', reason: `crl-expired-accepted: ${revocation.detail}`, command: 'STARTTLS' });
-    }
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
@@ -284,12 +289,19 @@ export class Session implements SessionController {
       user: fields.user !== undefined ? fields.user : this.state.user?.id ?? null,
       outcome: fields.outcome,
       reason: fields.reason,
+      detail: fields.detail ?? null,
       command: fields.command ?? null,
       reply: fields.reply ?? null,
       envelope: fields.envelope ?? null,
     });
   }
 }
+
+const REVOCATION_NOTE: Partial<Record<RevocationCheck['status'], string>> = {
+  unchecked: 'not revocation-checked: no CRL source covers its issuers',
+  disabled: 'not revocation-checked: inboundSmtpTls is off',
+  good: 'revocation-checked: not revoked',
+};
 
 function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertificate']>>): DirectoryMatch {
   switch (found.outcome) {

@@ -22,13 +22,13 @@ export interface SwaksResult {
 
 /** Runs swaks and parses its transcript. */
 export async function swaks(args: string[], timeoutMs = 30_000): Promise<SwaksResult> {
-  let stdout = '';
+  let stdout: string;
   let exitCode = 0;
   try {
     ({ stdout } = await execFileAsync('swaks', ['--hide-informational', '--timeout', '15', ...args], { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }));
   } catch (e) {
     const err = e as { stdout?: string; code?: number | string; message: string };
-    if (err.stdout === undefined) throw new Error(`swaks failed to run: ${err.message}`);
+    if (err.stdout === undefined) throw new Error(`swaks failed to run: ${err.message}`, { cause: e });
     stdout = err.stdout;
     exitCode = typeof err.code === 'number' ? err.code : 1;
   }

@@ -121,7 +121,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   try {
     await waitForPort(apiPort, 20_000);
   } catch (e) {
-    throw new Error(`API did not start: ${(e as Error).message}\n${apiProc.output()}`);
+    throw new Error(`API did not start: ${(e as Error).message}\n${apiProc.output()}`, { cause: e });
   }
   const api = apiClient(`http://127.0.0.1:${apiPort}`);
   const workers: Worker[] = [];
@@ -142,7 +142,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       try {
         await waitForPort(metricsPort, 20_000);
       } catch (e) {
-        throw new Error(`worker did not start: ${(e as Error).message}\n${proc.output()}`);
+        throw new Error(`worker did not start: ${(e as Error).message}\n${proc.output()}`, { cause: e });
       }
       await sys.settled();
       return w;
