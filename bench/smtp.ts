@@ -2,7 +2,8 @@
  * SMTP throughput benchmark: certgate's worker against bare references, on 127.0.0.1.
  *
  *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|all]
- *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--profile]
+ *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--users 64]
+ *                         [--greeting-delay on|sink-off|off] [--profile]
  *
  * Scenarios (SPEC §3, §4):
  * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
@@ -19,10 +20,14 @@
  * Each scenario runs reference(s) and certgate alternately in several rounds (the order
  * rotates), reports every round, the medians and the ratio. The client load generator runs
  * in its own child process; its CPU (and that of the worker, the references, slapd, Redis
- * and this process, which hosts the sink) is reported per session so that a reader can tell
- * which process limited the rate. Prints numbers; asserts nothing. Everything it starts
- * (Redis, slapd, API, worker, children) is stopped at the end, also on Ctrl-C.
+ * and this process, which hosts the sink) is reported per session, with the share of the
+ * machine other processes took, so that a reader can tell what limited the rate. Prints
+ * numbers; asserts nothing. Everything it starts (Redis, slapd, API, worker, children) is
+ * stopped at the end, also on Ctrl-C (a second Ctrl-C exits at once).
  *
+ * --greeting-delay: smtp-server waits 100 ms before each greeting. `sink-off` removes that
+ * wait from the sink (the next hop) only, `off` also from certgate's worker and the bare
+ * smtp-server references (an experiment: patched in at load time, no code changed).
  * --profile runs the worker and the reference process under V8's sampling profiler (the
  * inspector, started by a preload module) and prints where their CPU went, per session (the
  * rates of that run are perturbed by the profiler).
@@ -83,6 +88,13 @@ if (scenarioArg !== 'auth' && scenarioArg !== 'cert' && scenarioArg !== 'all') t
 const scenarios: Array<'auth' | 'cert'> = scenarioArg === 'all' ? ['auth', 'cert'] : [scenarioArg];
 const keyType: 'rsa' | 'ec' = clientKey === 'ec' ? 'ec' : 'rsa';
 
+/** Set by SIGINT/SIGTERM: main stops at its next checkpoint and stops everything it started. */
+let interrupted = false;
+
+function checkpoint(): void {
+  if (interrupted) throw new Error('interrupted');
+}
+
 const CARD_COUNT = 8;
 const SESSION_TIMEOUT_MS = 30_000;
 const DRAIN_MS = 20_000;
@@ -104,12 +116,15 @@ const MESSAGE = [
 // ------------------------------------------------------------------------------- children
 
 function forkChild(module: string, nodeOptions = ''): ChildProcess {
-  return fork(join(ROOT, module), [], {
+  const child = fork(join(ROOT, module), [], {
     cwd: ROOT,
     execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     env: { ...process.env, NODE_OPTIONS: nodeOptions },
   });
+  // A send on a closed channel (the child died, e.g. of Ctrl-C) must not crash the bench.
+  child.on('error', () => undefined);
+  return child;
 }
 
 function nextMessage<T>(child: ChildProcess, timeoutMs: number, what: string): Promise<T> {
@@ -132,11 +147,8 @@ function nextMessage<T>(child: ChildProcess, timeoutMs: number, what: string): P
 async function stopChild(child: ChildProcess | null, exitMessage: unknown): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
-  try {
-    child.send(exitMessage as never);
-  } catch {
-    child.kill('SIGTERM');
-  }
+  if (child.connected) child.send(exitMessage as never);
+  else child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
   await exited;
   clearTimeout(timer);
@@ -173,8 +185,14 @@ class LoadChild {
       };
       this.child.on('message', onMessage);
       this.child.once('exit', onExit);
+      if (!this.child.connected) return finish(new Error('load generator is gone'));
       this.child.send({ type: 'run', spec } satisfies ParentMessage);
     });
+  }
+
+  /** Ends the current load early (no new sessions; in-flight ones finish). */
+  abort(): void {
+    if (this.child.connected) this.child.send({ type: 'abort' } satisfies ParentMessage);
   }
 
   stop(): Promise<void> {
@@ -232,6 +250,8 @@ interface RunResult {
   succeededTotal: number;
   /** certgate only: LDAP operations per session and their mean latency. */
   ldap: Array<{ kind: string; perSession: number; meanMs: number }>;
+  /** Share of one core used by processes outside the benchmark during the window. */
+  othersShare: number | null;
   /** The header lines the next hop saw first in the last relayed message (sanity check). */
   lastMessageHead: string | null;
 }
@@ -318,6 +338,7 @@ async function measure(ctx: Context, target: Target, base: Omit<LoadSpec, 'kind'
     sinkDelta: ctx.sys.sink.messages.length - sinkBefore,
     succeededTotal: res.succeededTotal,
     ldap,
+    othersShare: share.machine === null ? null : Math.max(0, share.machine - (['server', 'client', 'bench', 'slapd', 'redis'] as const).reduce((a, k) => a + (share[k] ?? 0), 0)),
     lastMessageHead: ctx.sys.sink.messages.at(-1)?.raw.toString('latin1').split('\r\n\r\n')[0]?.split('\r\n').slice(0, 4).join(' ') ?? null,
   };
 }
@@ -340,8 +361,7 @@ function printRun(round: number, r: RunResult): void {
     console.log(`           LDAP per session: ${r.ldap.map((l) => `${l.kind} ${fmt(l.perSession, 2)}× mean ${fmt(l.meanMs, 2)} ms`).join(', ')}`);
   }
   if (s.machine !== null) {
-    const ours = (['server', 'client', 'bench', 'slapd', 'redis'] as const).reduce((a, k) => a + (s[k] ?? 0), 0);
-    console.log(`           machine (${cores} cores): ${pct(s.machine)} of one core busy, of which processes outside this benchmark ${pct(Math.max(0, s.machine - ours))}`);
+    console.log(`           machine (${cores} cores): ${pct(s.machine)} of one core busy, of which processes outside this benchmark ${pct(r.othersShare)}`);
   }
   if (r.target.kind === 'smtp' && r.sinkDelta !== r.succeededTotal) {
     console.log(`           note: the sink got ${r.sinkDelta} messages for ${r.succeededTotal} successful sessions`);
@@ -356,6 +376,10 @@ interface Summary {
   p99: number;
   clientShare: number;
   rates: number[];
+  /** Median CPU ms per session of the serving side: the server process, slapd and Redis. */
+  serverCpu: number;
+  /** Median share of the machine's CPU that processes outside the benchmark took meanwhile. */
+  othersShare: number;
 }
 
 function summarize(results: RunResult[], target: Target): Summary {
@@ -367,7 +391,15 @@ function summarize(results: RunResult[], target: Target): Summary {
     p99: median(mine.map((r) => r.p99)),
     clientShare: median(mine.map((r) => r.cpuShare.client ?? NaN)),
     rates: mine.map((r) => r.rate),
+    serverCpu: median(mine.map((r) => (r.cpuPerSession.server ?? NaN) + (r.cpuPerSession.slapd ?? 0) + (r.cpuPerSession.redis ?? 0))),
+    othersShare: median(mine.map((r) => r.othersShare ?? NaN)),
   };
+}
+
+/** One line on CPU: a rate-independent view of the cost per session, and how noisy the machine was. */
+function cpuLine(list: Summary[]): string {
+  return `server-side CPU per session (server process + slapd + Redis, medians): ${list.map((x) => `${x.target.label} ${fmt(x.serverCpu, 2)} ms`).join(', ')}; ` +
+    `other processes on the machine took ${list.map((x) => pct(x.othersShare)).join('/')} of a core meanwhile`;
 }
 
 async function runScenario(ctx: Context, name: string, targets: Target[], base: Omit<LoadSpec, 'kind' | 'port'>): Promise<RunResult[]> {
@@ -377,7 +409,9 @@ async function runScenario(ctx: Context, name: string, targets: Target[], base: 
     const shift = (round - 1) % targets.length;
     const order = [...targets.slice(shift), ...targets.slice(0, shift)];
     for (const t of order) {
+      checkpoint();
       const r = await measure(ctx, t, base);
+      checkpoint(); // an interrupted run's numbers are not worth printing
       results.push(r);
       printRun(round, r);
       // The sink keeps every message in memory; a long benchmark must not grow it without bound.
@@ -412,7 +446,7 @@ async function redisPid(url: string): Promise<number | undefined> {
 }
 
 async function main(): Promise<void> {
-  const started = Date.now();
+  const startedAt = Date.now();
   const perScenarioRuns = { auth: 2, cert: 3 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
@@ -441,30 +475,34 @@ async function main(): Promise<void> {
   }
   /** Sessions each profiled process served, for per-session figures. */
   const served = { worker: 0, reference: 0 };
-  let sys: System | null = null;
-  let load: LoadChild | null = null;
-  let refs: ChildProcess | null = null;
-  let stopping = false;
-  const cleanup = async () => {
-    if (stopping) return;
-    stopping = true;
-    await Promise.allSettled([load?.stop(), stopChild(refs, { type: 'exit' })]);
-    await sys?.stop();
+  // Everything started is registered here and stopped in reverse order when main ends, by
+  // success, error or interruption. A signal only sets `interrupted` (and cuts the current
+  // load short); main notices it at its next checkpoint, so nothing is stopped while a step
+  // is still using it. A second signal exits at once.
+  const stoppers: Array<() => Promise<void>> = [];
+  const own = <T,>(value: T, stop: (v: T) => Promise<void>): T => {
+    stoppers.unshift(() => stop(value));
+    return value;
   };
+  let currentLoad: LoadChild | null = null;
   const onSignal = () => {
-    console.log('\ninterrupted: stopping everything');
-    void cleanup()
-      .then(() => rm(workDir, { recursive: true, force: true }))
-      .finally(() => process.exit(130));
+    if (interrupted) {
+      console.log('\nsecond signal: exiting without stopping');
+      process.exit(130);
+    }
+    interrupted = true;
+    console.log('\ninterrupted: stopping everything after the current step');
+    currentLoad?.abort();
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   try {
-    sys = await startSystem({
-      workers: 1,
-      workerEnv: preloads.worker.length ? { NODE_OPTIONS: preloads.worker.join(' ') } : {},
-    });
+    const sys = own(
+      await startSystem({ workers: 1, workerEnv: preloads.worker.length ? { NODE_OPTIONS: preloads.worker.join(' ') } : {} }),
+      (v) => v.stop(),
+    );
+    checkpoint();
     const pki = sys.pki;
     const server = await pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: [HOST] });
     // Smart-card shaped: CN LAST.FIRST.EDIPI, UPN and e-mail in subjectAltName, digitalSignature,
@@ -476,6 +514,7 @@ async function main(): Promise<void> {
     );
     const users = benchUsers(userCount);
     await sys.slapd.add(peopleLdif([...users, ...cards.map((c, i) => cardHolder(`card${i}`, c))]));
+    checkpoint();
 
     // Deployment B (SMTP AUTH only) and deployment A (certificate only), each on its own listener.
     const portB = await freePort();
@@ -494,9 +533,15 @@ async function main(): Promise<void> {
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
     await sys.settled(10_000);
 
-    const ref = await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' '));
-    refs = ref.child;
-    load = await LoadChild.start();
+    checkpoint();
+    const ref = own(
+      await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' ')),
+      (v) => stopChild(v.child, { type: 'exit' }),
+    );
+    const refs = ref.child;
+    const load = own(await LoadChild.start(), (v) => v.stop());
+    currentLoad = load;
+    checkpoint();
     const worker = sys.workers[0]!;
     const ctx: Context = {
       sys,
@@ -529,7 +574,8 @@ async function main(): Promise<void> {
         `(p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ratio ${fmt(c.rate / r.rate, 2)} (target ≥ 0.8: ${c.rate / r.rate >= 0.8 ? 'met' : 'MISSED'}; ` +
         `per-round ${roundRatios.map((x) => fmt(x, 2)).join('/')}, median ${fmt(median(roundRatios), 2)}); client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
       console.log('  ' + line);
-      summaries.push(line);
+      summaries.push(line, `  ${cpuLine([c, r])}`);
+      console.log(`  ${cpuLine([c, r])}`);
       printHead(results);
     }
 
@@ -550,14 +596,16 @@ async function main(): Promise<void> {
         `(per-round ${roundList(results, 'cg', 'ref')}); client CPU ${pct(c.clientShare)} of a core with certgate, ` +
         `${pct(t.clientShare)} with bare TLS, ${pct(r.clientShare)} with bare smtp-server`;
       console.log('  ' + line);
-      summaries.push(line);
+      summaries.push(line, `  ${cpuLine([c, r, t])}`);
+      console.log(`  ${cpuLine([c, r, t])}`);
       printHead(results);
     }
 
     console.log('\nsummary');
     for (const s of summaries) console.log(s);
   } finally {
-    await cleanup();
+    currentLoad = null;
+    for (const stop of stoppers) await stop().catch((e: Error) => console.log(`while stopping: ${e.message}`));
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     // The profiles exist once the processes have exited.
@@ -567,7 +615,7 @@ async function main(): Promise<void> {
     }
     await rm(workDir, { recursive: true, force: true });
   }
-  console.log(`\ndone in ${fmt((Date.now() - started) / 1000, 0)} s`);
+  console.log(`\ndone in ${fmt((Date.now() - startedAt) / 1000, 0)} s`);
 }
 
 function roundList(results: RunResult[], num: string, den: string): string {
@@ -650,4 +698,8 @@ async function printProfiles(dir: string, what: string, sessions: number): Promi
   }
 }
 
-await main();
+await main().catch((err: unknown) => {
+  // After a signal, whatever failed because of it is moot: everything has been stopped.
+  if (!interrupted) throw err;
+});
+if (interrupted) process.exit(130);

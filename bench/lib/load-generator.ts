@@ -45,7 +45,7 @@ export interface LoadResult {
   abandoned: number;
 }
 
-export type ParentMessage = { type: 'run'; spec: LoadSpec } | { type: 'exit' };
+export type ParentMessage = { type: 'run'; spec: LoadSpec } | { type: 'abort' } | { type: 'exit' };
 export type ChildMessage =
   | { type: 'ready' }
   | { type: 'window-start' }
@@ -57,7 +57,16 @@ function send(m: ChildMessage): void {
   process.send?.(m);
 }
 
+let abortCurrent: () => void = () => undefined;
+
 export async function runLoad(spec: LoadSpec, notify: (m: ChildMessage) => void = () => undefined): Promise<LoadResult> {
+  let aborted = false;
+  let wakeOnAbort: () => void = () => undefined;
+  const abortWait = new Promise<void>((r) => (wakeOnAbort = r));
+  abortCurrent = () => {
+    aborted = true;
+    wakeOnAbort();
+  };
   const message = Buffer.from(spec.message);
   const t0 = performance.now();
   const windowStart = t0 + spec.warmupMs;
@@ -99,7 +108,7 @@ export async function runLoad(spec: LoadSpec, notify: (m: ChildMessage) => void 
 
   const loop = async (): Promise<void> => {
     // Bounded by time (the window's end) and by count (maxSessions).
-    while (performance.now() < windowEnd && started < spec.maxSessions) {
+    while (performance.now() < windowEnd && started < spec.maxSessions && !aborted) {
       const i = started++;
       const begin = performance.now();
       let failure: string | null = null;
@@ -128,12 +137,16 @@ export async function runLoad(spec: LoadSpec, notify: (m: ChildMessage) => void 
   const loops = Array.from({ length: spec.clients }, () => loop());
   const all = Promise.all(loops);
   // Wait for the window, then give in-flight sessions drainMs to finish.
-  await new Promise((r) => setTimeout(r, Math.max(0, windowEnd - performance.now())));
+  let windowTimer: NodeJS.Timeout | undefined;
+  await Promise.race([new Promise((r) => (windowTimer = setTimeout(r, Math.max(0, windowEnd - performance.now())))), abortWait]);
+  clearTimeout(windowTimer);
   let abandoned = 0;
+  let drainTimer: NodeJS.Timeout | undefined;
   const drained = await Promise.race([
     all.then(() => true),
-    new Promise<boolean>((r) => setTimeout(() => r(false), spec.drainMs)),
+    new Promise<boolean>((r) => (drainTimer = setTimeout(() => r(false), spec.drainMs))),
   ]);
+  clearTimeout(drainTimer);
   if (!drained) abandoned = -1; // unknown count: some sessions still running (each bounded by sessionTimeoutMs)
   clearTimeout(startTimer);
   clearTimeout(endTimer);
@@ -154,6 +167,7 @@ export async function runLoad(spec: LoadSpec, notify: (m: ChildMessage) => void 
 if (process.send) {
   process.on('message', (m: ParentMessage) => {
     if (m.type === 'exit') process.exit(0);
+    if (m.type === 'abort') abortCurrent();
     if (m.type === 'run') {
       runLoad(m.spec, send).then(
         (result) => send({ type: 'result', result }),
