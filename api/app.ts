@@ -3,14 +3,17 @@
 import Fastify, { type FastifyServerOptions } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
+import type { CrlStore } from '../shared/crl-store.ts';
+import type { CrlStatus } from '../shared/schemas.ts';
+import { revocationHook, type ApiHttpsOptions } from './mtls.ts';
 import type { App, ApiContext } from './context.ts';
 import { registerAuth } from './auth.ts';
 import { ConfigCache } from './config-cache.ts';
 import { registerConfigRoutes } from './config-routes.ts';
-import { errorHandler, formatSchemaErrors, notFoundHandler } from './errors.ts';
+import { errorHandler, formatSchemaErrors, notFoundHandler, serviceUnavailable } from './errors.ts';
 import { registerMetrics } from './metrics.ts';
 import { registerOpenApi } from './openapi.ts';
-import { registerPendingRoutes } from './pending-routes.ts';
+import { registerActionRoutes } from './action-routes.ts';
 import { RESOURCE_KINDS } from './resource-kinds.ts';
 import { registerResourceRoutes } from './resource-routes.ts';
 import { registerStatusRoutes } from './status-routes.ts';
@@ -23,6 +26,12 @@ export interface BuildAppOptions {
   apiToken?: string;
   /** false: no logs; an object: pino options (secrets are redacted in any case). Default: info to stdout. */
   logger?: false | Exclude<FastifyServerOptions['logger'], boolean | undefined>;
+  /** Mutual TLS (API_TLS_CERT, API_TLS_KEY, API_CLIENT_CA); absent: plain HTTP. */
+  https?: ApiHttpsOptions;
+  /** With https: the CRLs in force, for §2.6 `webInterface`. */
+  crls?: Pick<CrlStore, 'check'>;
+  /** POST /v1/crl-sources/{name}/refresh: the scheduler (or its queue client). Absent: 503. */
+  crlRefresh?: (name: string) => Promise<CrlStatus>;
 }
 
 /** Log paths that may hold secrets: the bearer token, bind passwords, private keys. */
@@ -42,7 +51,9 @@ const REDACTED_PATHS = [
 const BODY_LIMIT = 16 * 1024 * 1024;
 
 export async function buildApp(opts: BuildAppOptions): Promise<App> {
-  const app: App = Fastify({
+  // Fastify types an HTTPS server apart; the routes do not care which one serves them.
+  const app = Fastify({
+    ...(opts.https ? { https: opts.https } : {}),
     logger: opts.logger === false ? false : { level: 'info', ...opts.logger, redact: { paths: REDACTED_PATHS, censor: '[redacted]' } },
     bodyLimit: BODY_LIMIT,
     ajv: {
@@ -56,7 +67,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
       },
     },
     schemaErrorFormatter: formatSchemaErrors,
-  }).withTypeProvider<TypeBoxTypeProvider>();
+  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
 
@@ -68,7 +79,11 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
     cache.close();
     transactions.disconnect();
   });
-  const ctx: ApiContext = { redis: opts.redis, config: cache, write: configWriter(transactions, cache) };
+  const ctx: ApiContext = {
+    redis: opts.redis, config: cache, write: configWriter(transactions, cache),
+    crlRefresh: opts.crlRefresh ?? (async () => { throw serviceUnavailable('no CRL scheduler in this process'); }),
+  };
+  if (opts.https && opts.crls) app.addHook('onRequest', revocationHook(opts.crls, async () => (await cache.get()).crlSettings));
 
   // First: the OpenAPI document lists the routes registered after it.
   await registerOpenApi(app);
@@ -77,7 +92,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
   registerStatusRoutes(app, ctx);
   registerTokenRoutes(app, ctx);
   for (const kind of RESOURCE_KINDS) registerResourceRoutes(app, ctx, kind);
-  registerPendingRoutes(app, ctx);
+  registerActionRoutes(app, ctx);
   registerConfigRoutes(app, ctx);
   return app;
 }

@@ -3,6 +3,7 @@
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
+import type { CrlStatus } from '../shared/schemas.ts';
 import type { ConfigCache } from './config-cache.ts';
 import type { ConfigWriter } from './versioning.ts';
 
@@ -12,4 +13,6 @@ export interface ApiContext {
   redis: Redis;
   config: ConfigCache;
   write: ConfigWriter;
+  /** Downloads a CRL source now (the scheduler in this process, or through its queue). */
+  crlRefresh(name: string): Promise<CrlStatus>;
 }

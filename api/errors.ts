@@ -23,7 +23,7 @@ export const forbidden = (message: string) => new HttpError(403, message);
 export const notFound = (message: string) => new HttpError(404, message);
 export const conflict = (message: string) => new HttpError(409, message);
 export const preconditionFailed = (message: string) => new HttpError(412, message);
-export const notImplemented = (message: string) => new HttpError(501, message);
+export const serviceUnavailable = (message: string) => new HttpError(503, message);
 
 type AjvError = FastifySchemaValidationError & { params: Record<string, unknown> };
 

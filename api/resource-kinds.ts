@@ -2,7 +2,7 @@
 // resource-routes.ts: where each lives in the configuration, its URL and its schema.
 import type { TSchema } from 'typebox';
 import type { Redis } from 'ioredis';
-import { keys } from '../shared/redis-keys.ts';
+import { readCrlStatus } from '../shared/crl-refresh.ts';
 import type { Collection } from '../shared/config-validate.ts';
 import { CrlSource, LdapProfile, Listener, MailFlowPolicy, SmtpAuthProfile, type CrlStatus } from '../shared/schemas.ts';
 import { CrlSourceWithStatus } from './http-schemas.ts';
@@ -19,24 +19,8 @@ export interface ResourceKind {
   detail?: { schema: TSchema; load(redis: Redis, name: string): Promise<Record<string, unknown>> };
 }
 
-const NEVER_ATTEMPTED: CrlStatus = {
-  lastAttemptAt: null,
-  lastError: null,
-  lastSuccessAt: null,
-  url: null,
-  issuer: null,
-  thisUpdate: null,
-  nextUpdate: null,
-  crlNumber: null,
-  revokedCount: null,
-  sha256: null,
-  bytes: null,
-};
-
-/** The CRL scheduler's record of a source's downloads (all null until the first attempt). */
 async function crlStatus(redis: Redis, name: string): Promise<{ status: CrlStatus }> {
-  const json = await redis.get(keys.crlStatus(name));
-  return { status: { ...NEVER_ATTEMPTED, ...(json === null ? {} : (JSON.parse(json) as Partial<CrlStatus>)) } };
+  return { status: await readCrlStatus(redis, name) };
 }
 
 export const RESOURCE_KINDS: ResourceKind[] = [

@@ -226,6 +226,6 @@ describe('npm run start:scheduler (api/scheduler-main.ts)', () => {
     assert.ok(started);
     assert.equal(run.code, 0);
     const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as { msg: string });
-    assert.ok(lines.some((l) => l.msg === 'stopping'));
+    assert.ok(lines.some((l) => l.msg === 'draining'), run.stdout);
   });
 });

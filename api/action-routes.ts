@@ -1,16 +1,16 @@
-// Routes whose contract is fixed (SPEC §2.1, §2.6) but whose work lands with later
-// issues: the LDAP query test and the on-demand CRL refresh. They validate their input
-// and answer 501 until then, so clients and the OpenAPI document already see them.
+// Actions on resources (SPEC §2.1, §2.6): run an LDAP profile's query now, download a
+// CRL source now.
 import { Type } from 'typebox';
 import { CrlStatus, Name } from '../shared/schemas.ts';
 import type { ApiContext, App } from './context.ts';
-import { notFound, notImplemented } from './errors.ts';
+import { HttpError, notFound, serviceUnavailable } from './errors.ts';
+import { CrlSourceNotFoundError } from './crl-scheduler.ts';
 import { runLdapTest } from './ldap-test.ts';
 import { errorResponses, LdapProfileTest, LdapProfileTestResult, ref } from './http-schemas.ts';
 
 const NameParams = Type.Object({ name: Name });
 
-export function registerPendingRoutes(app: App, ctx: ApiContext): void {
+export function registerActionRoutes(app: App, ctx: ApiContext): void {
   app.post(
     '/v1/ldap-profiles/:name/test',
     {
@@ -39,13 +39,20 @@ export function registerPendingRoutes(app: App, ctx: ApiContext): void {
         operationId: 'refreshCrlSource',
         summary: 'Download the CRL of a source now and answer the resulting status',
         params: NameParams,
-        response: { 200: ref(CrlStatus), ...errorResponses(401, 403, 404, 501) },
+        response: { 200: ref(CrlStatus), ...errorResponses(401, 403, 404, 503) },
       },
     },
     async (request) => {
       const { crlSources } = await ctx.config.get();
       if (!crlSources.some((s) => s.name === request.params.name)) throw notFound(`CRL source "${request.params.name}" does not exist`);
-      throw notImplemented('refreshing a CRL source on demand is not implemented yet');
+      try {
+        return await ctx.crlRefresh(request.params.name);
+      } catch (err) {
+        if (err instanceof CrlSourceNotFoundError) throw notFound(err.message);
+        if (err instanceof HttpError) throw err;
+        // e.g. SCHEDULER=off and no scheduler process took the job in time
+        throw serviceUnavailable(`CRL refresh did not complete: ${(err as Error).message}`);
+      }
     },
   );
 }
