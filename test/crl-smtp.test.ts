@@ -6,10 +6,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { peopleLdif } from './helpers/people.ts';
-import { startSystem, type System } from './helpers/system.ts';
+import https from 'node:https';
+import { spawnNode, startSystem, TOKEN, type System } from './helpers/system.ts';
 import { startSink, type Sink } from './helpers/smtp-sink.ts';
 import { swaks } from './helpers/smtp-clients.ts';
-import { freePort } from './helpers/ports.ts';
+import { freePort, waitForPort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
 import { cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
@@ -169,5 +170,37 @@ describe('CRLs enforced by running workers', () => {
     const { items } = await sys.api.ok<{ items: Array<{ id: string; crls: Array<{ source: string; revokedCount: number }> }> }>('GET', '/v1/workers');
     const mine = items.find((w) => w.id === `test-worker-${late.offset}`);
     assert.deepEqual(mine?.crls.map((c) => [c.source, c.revokedCount]), [['root-crl', 1]]);
+  });
+
+  test('webInterface: the API in mutual-TLS mode refuses a revoked client certificate (403), not a good one', async () => {
+    const server = await sys.pki.server({ cn: 'localhost', ip: ['127.0.0.1'], dns: ['localhost'] });
+    const good = await sys.pki.client({ cn: 'ADMIN.GOOD.1010101010' });
+    await publishRootCrl([certs.jdoe!.serial]);
+    const apiPort = await freePort();
+    const api = spawnNode('api/main.ts', {
+      REDIS_URL: sys.redis.url, API_HOST: '127.0.0.1', API_PORT: String(apiPort), API_TOKEN: TOKEN, SCHEDULER: 'off',
+      API_TLS_CERT: server.certPath, API_TLS_KEY: server.keyPath, API_CLIENT_CA: sys.pki.root.certPath,
+    });
+    try {
+      await waitForPort(apiPort, 20_000);
+      const get = (cert: Issued) => new Promise<number>((resolve, reject) => {
+        https.get({ host: '127.0.0.1', port: apiPort, path: '/v1/config', ca: sys.pki.root.certPem, cert: cert.certPem, key: cert.keyPem, headers: { authorization: `Bearer ${TOKEN}` } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        }).on('error', reject);
+      });
+      await sys.api.ok('PUT', '/v1/crl-settings', { ...settings, webInterface: true });
+      await sys.settled();
+      const deadline = Date.now() + 2000;
+      let status = await get(certs.jdoe!);
+      while (status !== 403 && Date.now() < deadline) status = await get(certs.jdoe!);
+      assert.equal(status, 403);
+      assert.equal(await get(good), 200);
+      await sys.api.ok('PUT', '/v1/crl-settings', settings);
+      await sys.settled();
+      assert.equal(await get(certs.jdoe!), 200);
+    } finally {
+      await api.stop();
+    }
   });
 });
