@@ -58,7 +58,8 @@ export class Gateway {
   private stopping = false;
 
   constructor(private readonly o: GatewayOptions) {
-    this.redis = new Redis(o.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
+    // Auto-pipelining batches the event XADDs of concurrent sessions into fewer round trips.
+    this.redis = new Redis(o.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2, enableAutoPipelining: true });
     this.sub = new Redis(o.redisUrl, { lazyConnect: true });
     this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
     this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));

@@ -165,14 +165,20 @@ export class Session implements SessionController {
     // Acting on behalf of another identity (PLAIN authzid) is not something certgate grants.
     const proxying = authzid !== '' && authzid !== username;
     const directory = this.deps.directory(profile.ldapProfile);
+    // The allowance query runs beside the credential check (one directory round trip less
+    // per AUTH); its answer is only used once the credentials are right.
+    const allowing = profile.checkWithLdap && directory && !proxying && password.trim() !== ''
+      ? directory.checkAllowed(username, this.deps.now())
+      : null;
     let credentials: CredentialCheck;
     let userId: string | null = null;
     if (proxying) credentials = 'invalid-credentials';
     else if (!directory) credentials = 'directory-unavailable';
     else ({ outcome: credentials, userId } = await directory.authenticate(username, password));
     let allowance: AllowanceCheck = 'not-checked';
-    if (credentials === 'authenticated' && profile.checkWithLdap && directory) {
-      allowance = (await directory.checkAllowed(username, this.deps.now())).outcome;
+    if (allowing) {
+      const answer = (await allowing).outcome;
+      if (credentials === 'authenticated') allowance = answer;
     }
     const out = authOutcome(profile, credentials, allowance);
     if (out.authenticated) {
@@ -311,6 +317,13 @@ function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertifica
   }
 }
 
+/**
+ * Intermediates seen recently, by SHA-256 fingerprint: every card holder presents the same
+ * few, and reusing the object reuses its parsed form (shared/x509.ts caches per object).
+ */
+const knownIntermediates = new Map<string, X509Certificate>();
+const MAX_KNOWN_INTERMEDIATES = 256;
+
 /** The intermediates the client sent after its leaf, in the order it sent them. */
 function presentedChain(leaf: DetailedPeerCertificate): X509Certificate[] {
   const out: X509Certificate[] = [];
@@ -318,7 +331,13 @@ function presentedChain(leaf: DetailedPeerCertificate): X509Certificate[] {
   // Node links the chain through issuerCertificate; a self-signed end points at itself.
   for (let c = leaf.issuerCertificate; c?.raw && !seen.has(c.fingerprint256) && out.length < 8; c = c.issuerCertificate) {
     seen.add(c.fingerprint256);
-    out.push(new X509Certificate(c.raw));
+    let cert = knownIntermediates.get(c.fingerprint256);
+    if (!cert) {
+      if (knownIntermediates.size >= MAX_KNOWN_INTERMEDIATES) knownIntermediates.clear();
+      cert = new X509Certificate(c.raw);
+      knownIntermediates.set(c.fingerprint256, cert);
+    }
+    out.push(cert);
   }
   return out;
 }
