@@ -20,7 +20,7 @@
  */
 import { X509Certificate, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignatureAsync, type ParsedCrl } from './crl.ts';
+import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from './crl.ts';
 import { CrlDownloadError, downloadCrl, joinChunks } from './crl-download.ts';
 import { keys } from './redis-keys.ts';
 import type { Config, CrlSource, CrlStatus } from './schemas.ts';
@@ -230,7 +230,7 @@ async function tryUrl(url: string, source: CrlSource, current: CrlStatus, ctx: R
   // Receiving the parsed CRL and starting the verification each take some
   // milliseconds on this thread (the latter copies the TBS); not in one turn.
   await new Promise<void>((r) => setImmediate(r));
-  if (!(await verifyCrlSignatureAsync(crl, ctx.trustedCas))) throw new Refused(signatureProblem(crl, ctx.trustedCas));
+  if (!(await verifyCrlSignature(crl, ctx.trustedCas))) throw new Refused(signatureProblem(crl, ctx.trustedCas));
   if (crl.thisUpdate.getTime() > ctx.now.getTime() + MAX_FUTURE_SKEW_MS) {
     // Taken, it would make every later CRL without a CRL number look older.
     throw new Refused(`thisUpdate ${crl.thisUpdate.toISOString()} is in the future (check the clocks)`);

@@ -657,31 +657,10 @@ function verifyKey(s: SigScheme, key: KeyObject): KeyObject | VerifyKeyObjectInp
 }
 
 /**
- * The CA among `candidates` whose key verifies the CRL's signature, or null.
- * Hashing a 27 MB CRL takes tens of milliseconds on this thread; see
- * `verifyCrlSignatureAsync` for the thread-pool variant.
+ * The CA among `candidates` whose key verifies the CRL's signature, or null. Hashing a
+ * 27 MB CRL takes tens of milliseconds, so it runs on libuv's thread pool.
  */
-export function verifyCrlSignature(crl: ParsedCrl, candidates: X509Certificate[]): X509Certificate | null {
-  let scheme: SigScheme;
-  try {
-    scheme = schemeFor(crl);
-  } catch {
-    return null;
-  }
-  for (const cert of signerCandidates(crl, candidates)) {
-    const key = cert.publicKey;
-    if (!keyFits(key, scheme)) continue;
-    try {
-      if (cryptoVerify(scheme.hash, crl.tbs, verifyKey(scheme, key), crl.signature)) return cert;
-    } catch {
-      // malformed signature or key: not this one
-    }
-  }
-  return null;
-}
-
-/** Like `verifyCrlSignature`, with hashing and verification on libuv's thread pool. */
-export async function verifyCrlSignatureAsync(crl: ParsedCrl, candidates: X509Certificate[]): Promise<X509Certificate | null> {
+export async function verifyCrlSignature(crl: ParsedCrl, candidates: X509Certificate[]): Promise<X509Certificate | null> {
   let scheme: SigScheme;
   try {
     scheme = schemeFor(crl);
