@@ -11,7 +11,7 @@ import {
   type EhloFeatures, type Reply, type SessionState,
 } from '../shared/policy.ts';
 import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../shared/schemas.ts';
-import { certificateFacts, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
+import { certificateFacts, certInfo, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
 import type { Challenge, SessionController } from './smtp-adapter.ts';
 import type { RevocationVerdict } from '../shared/crl-store.ts';
 
@@ -263,21 +263,17 @@ export class Session implements SessionController {
     // getPeerCertificate(true) first: after getPeerX509Certificate() Node no longer links the chain.
     const peer = socket.getPeerCertificate(true);
     if (!peer?.raw) return { kind: 'absent' };
-    const leaf = new X509Certificate(peer.raw);
-    try {
-      this.certificate = certificateFacts(leaf);
-    } catch {
-      return { kind: 'invalid', reason: 'malformed' };
-    }
-    const chain = validateClientCertificate({ leaf, presented: presentedChain(peer), trusted: this.runtime.clientCas, now: this.deps.now() });
-    if (!chain.ok) return { kind: 'invalid', reason: chain.reason };
+    const validated = validateCached(this.runtime, peer, this.deps.now());
+    this.certificate = validated.facts;
+    if ('failure' in validated) return { kind: 'invalid', reason: validated.failure };
+    const chain = validated;
     const revocation = this.deps.revocation(chain.chain);
     this.revocationNote = REVOCATION_NOTE[revocation.status] ?? ('detail' in revocation ? revocation.detail : null);
     if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
-    const found = await directory.lookupCertificate(tokenValues(this.certificate));
+    const found = await directory.lookupCertificate(tokenValues(chain.facts));
     return { kind: 'valid', directory: directoryMatch(found) };
   }
 
@@ -315,6 +311,47 @@ function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertifica
     case 'directory-unavailable': return { kind: 'unavailable' };
     default: return { kind: found.outcome };
   }
+}
+
+interface Validated { facts: CertificateFacts; chain: X509Certificate[]; validFrom: number; validTo: number }
+
+/**
+ * Chains already validated for a listener's trust anchors, by the fingerprints the client
+ * presented: a card holder reconnects many times a day, and parsing and verifying the same
+ * chain again costs more CPU than the rest of the session. An entry is reused only inside
+ * the validity period of every certificate of its chain; revocation and the directory are
+ * asked every time. A new configuration version builds a new runtime, so a changed
+ * clientCaPem never sees old entries.
+ */
+const validatedChains = new WeakMap<ListenerRuntime, Map<string, Validated>>();
+const MAX_VALIDATED_CHAINS = 10_000;
+
+function validateCached(runtime: ListenerRuntime, peer: DetailedPeerCertificate, now: Date): Validated | { failure: string; facts: CertificateFacts | null } {
+  let cache = validatedChains.get(runtime);
+  if (!cache) validatedChains.set(runtime, (cache = new Map()));
+  const presented = presentedChain(peer);
+  const key = [peer.fingerprint256, ...presented.map((c) => c.fingerprint256)].join('|');
+  const hit = cache.get(key);
+  if (hit && hit.validFrom <= now.getTime() && now.getTime() <= hit.validTo) return hit;
+  const leaf = new X509Certificate(peer.raw);
+  let facts: CertificateFacts;
+  try {
+    facts = certificateFacts(leaf);
+  } catch {
+    return { failure: 'malformed', facts: null };
+  }
+  const result = validateClientCertificate({ leaf, presented, trusted: runtime.clientCas, now });
+  if (!result.ok) return { failure: result.reason, facts };
+  const periods = result.chain.map((c) => certInfo(c).parsed);
+  const entry: Validated = {
+    facts,
+    chain: result.chain,
+    validFrom: Math.max(...periods.map((p) => p.notBefore.getTime())),
+    validTo: Math.min(...periods.map((p) => p.notAfter.getTime())),
+  };
+  if (cache.size >= MAX_VALIDATED_CHAINS) cache.clear();
+  cache.set(key, entry);
+  return entry;
 }
 
 /**
