@@ -311,11 +311,11 @@ async function store(redis: Redis, name: string, a: Accepted, current: CrlStatus
  */
 async function stage(redis: Redis, name: string, der: Buffer): Promise<string> {
   const staging = `${keys.crlData(name)}:incoming`;
-  await redis.del(staging);
-  for (let o = 0; o < der.length; o += REDIS_SLICE) {
-    await redis.append(staging, der.subarray(o, o + REDIS_SLICE));
-    if (o === 0) await redis.pexpire(staging, STAGING_TTL_MS);
-  }
+  // One pipeline: the slices go out back to back instead of one round trip each.
+  const pipeline = redis.pipeline().del(staging);
+  for (let o = 0; o < der.length; o += REDIS_SLICE) pipeline.append(staging, der.subarray(o, o + REDIS_SLICE));
+  pipeline.pexpire(staging, STAGING_TTL_MS);
+  for (const [err] of (await pipeline.exec()) ?? []) if (err) throw err;
   return staging;
 }
 
