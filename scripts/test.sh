@@ -121,7 +121,7 @@ fi
 say "running ${#files[@]} test files: ${files[*]}"
 start=$(date +%s)
 timeout --kill-after=30 "${TEST_TOTAL_TIMEOUT:-5100}" \
-  node --import tsx --test --test-concurrency=1 --test-timeout=600000 --test-force-exit "${files[@]}" </dev/null &
+  node --import tsx --test --test-concurrency=1 --test-timeout=600000 "${files[@]}" </dev/null &
 runner_pgid=$!
 wait "$runner_pgid"
 test_rc=$?
