@@ -36,7 +36,8 @@ export interface GatewayOptions {
 
 interface RunningListener {
   server: GatewayServer;
-  runtime: ListenerRuntime;
+  /** The runtime new sessions take; replaced on every configuration version. */
+  runtime: { current: ListenerRuntime };
   /** address, port and implicitTls: a change needs a new socket. */
   bindKey: string;
   tlsKey: string;
@@ -56,6 +57,8 @@ export class Gateway {
   private reloadQueued = false;
   private timers: NodeJS.Timeout[] = [];
   private stopping = false;
+  /** Listeners closed but still finishing their sessions. */
+  private readonly draining = new Set<Promise<void>>();
 
   constructor(private readonly o: GatewayOptions) {
     // Auto-pipelining batches the event XADDs of concurrent sessions into fewer round trips.
@@ -128,7 +131,7 @@ export class Gateway {
         await this.startListener(listener, runtime);
         continue;
       }
-      current.runtime = runtime;
+      current.runtime.current = runtime;
       const options = current.server.options as { name?: string };
       options.name = listener.hostname;
       const tlsKey = JSON.stringify(tlsOptions(listener));
@@ -144,15 +147,9 @@ export class Gateway {
   }
 
   private async startListener(listener: Listener, runtime: ListenerRuntime): Promise<void> {
-    const entry: RunningListener = {
-      runtime,
-      server: undefined as unknown as GatewayServer,
-      bindKey: bindKey(listener, this.o.portOffset),
-      tlsKey: JSON.stringify(tlsOptions(listener)),
-      port: listener.port + this.o.portOffset,
-    };
-    entry.server = createListenerServer(listener, {
-      runtime: () => entry.runtime,
+    const ref = { current: runtime };
+    const server = createListenerServer(listener, {
+      runtime: () => ref.current,
       deps: this.deps,
       onSessionOpen: (name) => {
         this.sessions++;
@@ -165,6 +162,13 @@ export class Gateway {
       },
       onError: (err) => this.o.logger.debug({ err: err.message, listener: listener.name }, 'smtp error'),
     });
+    const entry: RunningListener = {
+      server,
+      runtime: ref,
+      bindKey: bindKey(listener, this.o.portOffset),
+      tlsKey: JSON.stringify(tlsOptions(listener)),
+      port: listener.port + this.o.portOffset,
+    };
     try {
       await new Promise<void>((resolve, reject) => {
         entry.server.server.once('error', reject);
@@ -197,8 +201,6 @@ export class Gateway {
     void closed.then(() => this.draining.delete(closed));
   }
 
-  private readonly draining = new Set<Promise<void>>();
-
   /** §2.6: inboundSmtpTls checks client certificates, outboundSmtpTls the next hop's. */
   private revocation(chain: X509Certificate[], which: 'inboundSmtpTls' | 'outboundSmtpTls'): RevocationCheck {
     const settings = this.crlSettings;
@@ -209,7 +211,7 @@ export class Gateway {
   status(): WorkerStatus {
     return {
       id: this.o.workerId,
-      listeners: [...this.running.entries()].map(([name, r]) => ({ name, address: r.runtime.listener.address, port: r.port })),
+      listeners: [...this.running.entries()].map(([name, r]) => ({ name, address: r.runtime.current.listener.address, port: r.port })),
       configVersion: Math.max(this.version, 0),
       crls: this.o.crls?.status() ?? [],
       sessions: this.sessions,
