@@ -1,7 +1,7 @@
 // Actions on resources (SPEC §2.1, §2.6): run an LDAP profile's query now, download a
 // CRL source now.
 import { Type } from 'typebox';
-import { CrlStatus, Name } from '../shared/schemas.ts';
+import { CrlStatus, Name } from '../shared/config/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { HttpError, notFound, serviceUnavailable } from './errors.ts';
 import { CrlSourceNotFoundError } from './crl-scheduler.ts';

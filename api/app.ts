@@ -3,8 +3,8 @@
 import Fastify, { type FastifyServerOptions } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
-import type { CrlStore } from '../shared/crl-store.ts';
-import type { CrlStatus } from '../shared/schemas.ts';
+import type { CrlStore } from '../shared/pki/crl/store.ts';
+import type { CrlStatus } from '../shared/config/schemas.ts';
 import { revocationHook, type ApiHttpsOptions } from './mtls.ts';
 import type { App, ApiContext } from './context.ts';
 import { registerAuth } from './auth.ts';

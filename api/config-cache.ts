@@ -7,9 +7,9 @@
 // The subscription starts with the first read, so an app that serves no request (the
 // OpenAPI generator) never touches Redis.
 import type { Redis } from 'ioredis';
-import { keys } from '../shared/redis-keys.ts';
-import { loadConfig } from '../shared/config-store.ts';
-import type { VersionedConfig } from '../shared/schemas.ts';
+import { keys } from '../shared/redis/keys.ts';
+import { loadConfig } from '../shared/config/store.ts';
+import type { VersionedConfig } from '../shared/config/schemas.ts';
 
 export class ConfigCache {
   private current: VersionedConfig | null = null;

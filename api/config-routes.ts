@@ -1,7 +1,7 @@
 // The configuration as a whole (`/v1/config`: export and atomic import) and the CRL
 // settings singleton (`/v1/crl-settings`).
 import type { FastifyRequest } from 'fastify';
-import { Config, CrlSettings } from '../shared/schemas.ts';
+import { Config, CrlSettings } from '../shared/config/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { ConfigExport, errorResponses, fillDefaults, ref } from './http-schemas.ts';
 import { mergeConfigSecrets, redactConfig } from './secrets.ts';

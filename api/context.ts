@@ -3,7 +3,7 @@
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
-import type { CrlStatus } from '../shared/schemas.ts';
+import type { CrlStatus } from '../shared/config/schemas.ts';
 import type { ConfigCache } from './config-cache.ts';
 import type { ConfigWriter } from './versioning.ts';
 

@@ -20,11 +20,11 @@
  */
 import { Queue, QueueEvents, Worker, type Job, type JobSchedulerJson } from 'bullmq';
 import { Redis } from 'ioredis';
-import { loadConfig } from '../shared/config-store.ts';
-import { deleteCrlData, readCrlStatus, refreshSource, trustedCrlSigners, type CrlLogger, type RefreshContext } from '../shared/crl-refresh.ts';
-import { Coalescer } from '../shared/crl-store.ts';
-import { CRL_QUEUE, keys } from '../shared/redis-keys.ts';
-import type { CrlSource, CrlStatus } from '../shared/schemas.ts';
+import { loadConfig } from '../shared/config/store.ts';
+import { deleteCrlData, readCrlStatus, refreshSource, trustedCrlSigners, type CrlLogger, type RefreshContext } from '../shared/pki/crl/refresh.ts';
+import { Coalescer } from '../shared/pki/crl/store.ts';
+import { CRL_QUEUE, keys } from '../shared/redis/keys.ts';
+import type { CrlSource, CrlStatus } from '../shared/config/schemas.ts';
 
 export interface CrlSchedulerOptions {
   redisUrl: string;

@@ -4,8 +4,8 @@
 // handler that maps everything else (store errors, Redis outages) to a status code.
 import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify';
-import { ConfigConflictError, ConfigValidationError, ConfigVersionMismatchError } from '../shared/config-store.ts';
-import type { ValidationIssue } from '../shared/config-validate.ts';
+import { ConfigConflictError, ConfigValidationError, ConfigVersionMismatchError } from '../shared/config/store.ts';
+import type { ValidationIssue } from '../shared/config/validate.ts';
 
 export class HttpError extends Error {
   constructor(

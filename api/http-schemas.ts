@@ -22,8 +22,8 @@ import {
   SessionEvent,
   SmtpAuthProfile,
   WorkerStatus,
-} from '../shared/schemas.ts';
-import { AuditEntry } from '../shared/audit.ts';
+} from '../shared/config/schemas.ts';
+import { AuditEntry } from '../shared/config/audit.ts';
 
 /** A route-schema reference to a registered component, typed as the component. */
 export function ref<T extends TSchema>(schema: T) {

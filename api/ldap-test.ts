@@ -1,8 +1,8 @@
 // POST /v1/ldap-profiles/{name}/test (SPEC §2.1): runs a profile's certificate or SMTP
 // auth query now, exactly as a worker would, and says what the directory answered.
-import { Directory } from '../shared/directory.ts';
-import type { LdapProfile } from '../shared/schemas.ts';
-import { certificateFacts, parsePemCertificates, tokenValues, type TokenValues } from '../shared/x509.ts';
+import { Directory } from '../shared/directory/client.ts';
+import type { LdapProfile } from '../shared/config/schemas.ts';
+import { certificateFacts, parsePemCertificates, tokenValues, type TokenValues } from '../shared/pki/certificate.ts';
 import { badRequest } from './errors.ts';
 
 export type LdapTestRequest =

@@ -3,8 +3,8 @@
 // API_TLS_KEY and API_CLIENT_CA; exits non-zero with a one-line reason when they are
 // unusable; drains on SIGTERM.
 import { Redis } from 'ioredis';
-import { CrlStore } from '../shared/crl-store.ts';
-import { processKit } from '../shared/process.ts';
+import { CrlStore } from '../shared/pki/crl/store.ts';
+import { processKit } from '../shared/process/kit.ts';
 import { buildApp } from './app.ts';
 import { connectCrlRefreshClient, startCrlScheduler } from './crl-scheduler.ts';
 import { httpsOptionsFromEnv } from './mtls.ts';

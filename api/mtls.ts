@@ -13,9 +13,9 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { CrlStore } from '../shared/crl-store.ts';
-import type { CrlSettings } from '../shared/schemas.ts';
-import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/x509.ts';
+import type { CrlStore } from '../shared/pki/crl/store.ts';
+import type { CrlSettings } from '../shared/config/schemas.ts';
+import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/certificate.ts';
 
 export interface ApiHttpsOptions {
   key: string;

@@ -10,9 +10,9 @@
 // whole, versioned, audited, published. Secrets are write-only (see secrets.ts).
 import { Type } from 'typebox';
 import type { FastifyRequest } from 'fastify';
-import type { Config } from '../shared/schemas.ts';
-import { Name } from '../shared/schemas.ts';
-import { COLLECTION_LABELS, findReferences } from '../shared/config-validate.ts';
+import type { Config } from '../shared/config/schemas.ts';
+import { Name } from '../shared/config/schemas.ts';
+import { COLLECTION_LABELS, findReferences } from '../shared/config/validate.ts';
 import type { ApiContext, App } from './context.ts';
 import type { ResourceKind } from './resource-kinds.ts';
 import { badRequest, conflict, notFound } from './errors.ts';

@@ -2,7 +2,7 @@
 // SCHEDULER=off. Reads REDIS_URL and CRL_FILE_ROOT; logs JSON lines; exits non-zero with
 // a one-line reason when they are unusable; SIGTERM closes the queue and the worker
 // (a download in progress finishes first).
-import { processKit } from '../shared/process.ts';
+import { processKit } from '../shared/process/kit.ts';
 import { startCrlScheduler, type CrlScheduler } from './crl-scheduler.ts';
 
 const kit = processKit('scheduler');

@@ -2,8 +2,8 @@
 // never returned. Reads replace the secret by a read-only `...Set` flag; a write that
 // omits the secret keeps the stored one, `null` clears it. Both secrets sit one level
 // down in an optional object (`bind`, `tls`), which is all this module has to know.
-import type { Collection } from '../shared/config-validate.ts';
-import type { Config } from '../shared/schemas.ts';
+import type { Collection } from '../shared/config/validate.ts';
+import type { Config } from '../shared/config/schemas.ts';
 
 interface SecretField {
   /** Property holding the object that holds the secret. */

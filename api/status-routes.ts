@@ -2,11 +2,11 @@
 // the SMTP workers that are alive.
 import { Type } from 'typebox';
 import type { Redis } from 'ioredis';
-import { listAudit } from '../shared/audit.ts';
-import { AuditEntry } from '../shared/audit.ts';
-import { EVENTS_DEFAULT_LIMIT, EVENTS_MAX_LIMIT, queryEvents } from '../shared/events.ts';
-import { listWorkers } from '../shared/workers-registry.ts';
-import { Name, Outcome, SessionEvent, WorkerStatus } from '../shared/schemas.ts';
+import { listAudit } from '../shared/config/audit.ts';
+import { AuditEntry } from '../shared/config/audit.ts';
+import { EVENTS_DEFAULT_LIMIT, EVENTS_MAX_LIMIT, queryEvents } from '../shared/status/events.ts';
+import { listWorkers } from '../shared/status/workers.ts';
+import { Name, Outcome, SessionEvent, WorkerStatus } from '../shared/config/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { errorResponses, Health, ref } from './http-schemas.ts';
 

@@ -1,8 +1,8 @@
 // API token management. The bootstrap admin token comes from API_TOKEN; further tokens
 // (admin or read-only) are created here and shown once.
 import { Type } from 'typebox';
-import { Name } from '../shared/schemas.ts';
-import { appendAudit } from '../shared/audit.ts';
+import { Name } from '../shared/config/schemas.ts';
+import { appendAudit } from '../shared/config/audit.ts';
 import type { ApiContext, App } from './context.ts';
 import { principalOf } from './auth.ts';
 import { conflict, notFound } from './errors.ts';

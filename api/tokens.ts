@@ -2,7 +2,7 @@
 // give access to the API. The token itself is shown once, when it is created.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { keys } from '../shared/redis-keys.ts';
+import { keys } from '../shared/redis/keys.ts';
 import type { ApiToken } from './http-schemas.ts';
 
 export type Role = ApiToken['role'];

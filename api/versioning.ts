@@ -3,9 +3,9 @@
 // nobody changed the configuration since that version (412 otherwise).
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { updateConfig } from '../shared/config-store.ts';
-import type { NewAuditEntry } from '../shared/audit.ts';
-import type { Config, VersionedConfig } from '../shared/schemas.ts';
+import { updateConfig } from '../shared/config/store.ts';
+import type { NewAuditEntry } from '../shared/config/audit.ts';
+import type { Config, VersionedConfig } from '../shared/config/schemas.ts';
 import type { ConfigCache } from './config-cache.ts';
 import { principalOf } from './auth.ts';
 import { preconditionFailed } from './errors.ts';

@@ -11,7 +11,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { parseCrl, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from '../shared/crl.ts';
+import { parseCrl, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from '../shared/pki/crl/parse.ts';
 import { createPki } from '../test/helpers/pki.ts';
 
 const execFileAsync = promisify(execFile);

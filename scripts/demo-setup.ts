@@ -10,7 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { createPki } from '../test/helpers/pki.ts';
 import { startSlapd, type Slapd } from '../test/helpers/slapd.ts';
-import { generalizedTime } from '../shared/ldap-filter.ts';
+import { generalizedTime } from '../shared/directory/filter.ts';
 import { peopleLdif } from '../test/helpers/people.ts';
 
 const run = promisify(execFile);

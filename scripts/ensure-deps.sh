@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what certgate needs on a Debian 12 machine with Node 20, and nothing that is already there.
 # Idempotent: a second run only checks. One line per action, prefixed "ensure-deps:".
-#   Debian packages: redis-server slapd ldap-utils swaks openssl chromium python3
+#   Debian packages: redis-server slapd ldap-utils swaks libnet-ssleay-perl libio-socket-ssl-perl openssl chromium python3
 #   npm packages:    npm ci when node_modules is missing or older than package-lock.json
 # ENSURE_DEPS_APT may replace the Debian package list (space separated).
 set -euo pipefail
@@ -25,7 +25,7 @@ as_root() {
 }
 
 # ---------------------------------------------------------------- Debian packages
-read -r -a PACKAGES <<<"${ENSURE_DEPS_APT:-redis-server slapd ldap-utils swaks openssl chromium python3}"
+read -r -a PACKAGES <<<"${ENSURE_DEPS_APT:-redis-server slapd ldap-utils swaks libnet-ssleay-perl libio-socket-ssl-perl openssl chromium python3}"
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,7 +1,7 @@
 // Bearer tokens: what needs one, the bootstrap token, created admin and read-only tokens.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { keys } from '../shared/redis-keys.ts';
+import { keys } from '../shared/redis/keys.ts';
 import { bodies, startApi, type ApiHarness } from './helpers/api.ts';
 
 describe('API authentication', () => {

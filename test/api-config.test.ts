@@ -4,8 +4,8 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
 import { buildApp } from '../api/app.ts';
-import { keys } from '../shared/redis-keys.ts';
-import { loadConfig } from '../shared/config-store.ts';
+import { keys } from '../shared/redis/keys.ts';
+import { loadConfig } from '../shared/config/store.ts';
 import { ADMIN_TOKEN, bodies, startApi, type ApiHarness } from './helpers/api.ts';
 
 describe('configuration versions', () => {

@@ -2,7 +2,7 @@
 // settings, and the routes that answer 501 until their issues land.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { keys } from '../shared/redis-keys.ts';
+import { keys } from '../shared/redis/keys.ts';
 import { bodies, startApi, type ApiHarness } from './helpers/api.ts';
 
 interface Case {

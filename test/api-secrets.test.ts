@@ -2,7 +2,7 @@
 // returned; a PUT without them keeps them, `null` clears them, an import keeps them.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadConfig } from '../shared/config-store.ts';
+import { loadConfig } from '../shared/config/store.ts';
 import { createPki, type Issued, type Pki } from './helpers/pki.ts';
 import { bodies, startApi, type ApiHarness } from './helpers/api.ts';
 

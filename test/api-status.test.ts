@@ -1,10 +1,10 @@
 // Session events, worker heartbeats, metrics and health.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { recordEvent } from '../shared/events.ts';
-import { publishHeartbeat } from '../shared/workers-registry.ts';
-import { keys } from '../shared/redis-keys.ts';
-import type { NewSessionEvent, WorkerStatus } from '../shared/schemas.ts';
+import { recordEvent } from '../shared/status/events.ts';
+import { publishHeartbeat } from '../shared/status/workers.ts';
+import { keys } from '../shared/redis/keys.ts';
+import type { NewSessionEvent, WorkerStatus } from '../shared/config/schemas.ts';
 import { bodies, startApi, type ApiHarness } from './helpers/api.ts';
 
 function event(overrides: Partial<NewSessionEvent>): NewSessionEvent {

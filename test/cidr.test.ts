@@ -1,7 +1,7 @@
 // CIDR parsing and matching (sender groups): IPv4, IPv6 and IPv4-mapped IPv6 clients.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { matchesCidr, parseCidr } from '../shared/cidr.ts';
+import { matchesCidr, parseCidr } from '../shared/policy/sender-groups.ts';
 
 test('matchesCidr: IPv4, IPv6, and an IPv4 client seen on a dual-stack socket', () => {
   const cases: [string, string, boolean][] = [

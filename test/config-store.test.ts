@@ -3,9 +3,9 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
-import { keys } from '../shared/redis-keys.ts';
-import { ConfigConflictError, ConfigValidationError, ConfigVersionMismatchError, loadConfig, updateConfig } from '../shared/config-store.ts';
-import { EMPTY_CONFIG, type Config, type MailFlowPolicy } from '../shared/schemas.ts';
+import { keys } from '../shared/redis/keys.ts';
+import { ConfigConflictError, ConfigValidationError, ConfigVersionMismatchError, loadConfig, updateConfig } from '../shared/config/store.ts';
+import { EMPTY_CONFIG, type Config, type MailFlowPolicy } from '../shared/config/schemas.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
 
 const policy = (name: string): MailFlowPolicy => ({

@@ -14,8 +14,8 @@ import {
   parseCrlOffThread,
   verifyCrlSignature,
   type ParsedCrl,
-} from '../shared/crl.ts';
-import { certificateFacts, children, readTlv } from '../shared/x509.ts';
+} from '../shared/pki/crl/parse.ts';
+import { certificateFacts, children, readTlv } from '../shared/pki/certificate.ts';
 import { createPki, type CaHandle, type Pki } from './helpers/pki.ts';
 
 const execFileAsync = promisify(execFile);
@@ -392,7 +392,7 @@ describe('crl', () => {
       await writeFile(crlPath, der);
       // .mts: the script lives outside the project, where no package.json says "type": "module".
       const script = join(pki.dir, 'offthread-app.mts');
-      const crlModule = new URL('../shared/crl.ts', import.meta.url).href;
+      const crlModule = new URL('../shared/pki/crl/parse.ts', import.meta.url).href;
       await writeFile(
         script,
         `import { readFile } from 'node:fs/promises';\n` +

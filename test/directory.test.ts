@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
-import { Directory, type LdapProfileConfig, type QueryInfo } from '../shared/directory.ts';
+import { Directory, type LdapProfileConfig, type QueryInfo } from '../shared/directory/client.ts';
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
 

@@ -8,7 +8,7 @@ import {
   parseFilter,
   renderFilter,
   unknownTokens,
-} from '../shared/ldap-filter.ts';
+} from '../shared/directory/filter.ts';
 
 const SPEC_CERT_QUERY = '(&(caccn={cn})(cacserial={sn}))';
 const SPEC_ALLOW_QUERY = '(&(uid={u})(|(!(caccn=*))(cacexempt=*)(cacemergency>={t})))';

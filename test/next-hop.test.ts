@@ -12,8 +12,8 @@ import { runInNewContext } from 'node:vm';
 import type { X509Certificate } from 'node:crypto';
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerAddressArgs, SMTPServerOptions } from 'smtp-server';
-import { DotStuffer, ReplyParser, relayMessage } from '../worker/next-hop.ts';
-import type { NextHopTarget, RelayEnvelope, RelayResult } from '../worker/next-hop.ts';
+import { DotStuffer, ReplyParser, relayMessage } from '../worker/relay/next-hop.ts';
+import type { NextHopTarget, RelayEnvelope, RelayResult } from '../worker/relay/next-hop.ts';
 
 const run = promisify(execFile);
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
-import { safeEqual, verifyStoredPassword } from '../shared/password-hash.ts';
+import { safeEqual, verifyStoredPassword } from '../shared/directory/password-hash.ts';
 
 const execFileAsync = promisify(execFile);
 

@@ -33,8 +33,8 @@ import {
   type Reply,
   type SessionState,
   type SessionUser,
-} from '../shared/policy.ts';
-import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy, SmtpReply } from '../shared/schemas.ts';
+} from '../shared/policy/rules.ts';
+import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy, SmtpReply } from '../shared/config/schemas.ts';
 
 // ================================================================ fixtures
 

@@ -13,7 +13,7 @@ import {
   tokenValues,
   validateClientCertificate,
   type ChainResult,
-} from '../shared/x509.ts';
+} from '../shared/pki/certificate.ts';
 import { createPki, OID_TEST_ATTR, type CaHandle, type Issued, type Pki } from './helpers/pki.ts';
 
 const execFileAsync = promisify(execFile);

@@ -1,6 +1,6 @@
 // One Directory (LDAP pool) per LDAP profile, rebuilt when its profile changes.
-import { Directory, type QueryInfo } from '../shared/directory.ts';
-import type { LdapProfile } from '../shared/schemas.ts';
+import { Directory, type QueryInfo } from '../shared/directory/client.ts';
+import type { LdapProfile } from '../shared/config/schemas.ts';
 
 /** Sessions that already hold a replaced Directory get this long to finish with it. */
 const RETIRE_AFTER_MS = 35_000;

@@ -2,20 +2,20 @@
 // listener in step with it, without a restart and without cutting sessions in flight.
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { loadConfig } from '../shared/config-store.ts';
-import { recordEvent } from '../shared/events.ts';
-import { keys } from '../shared/redis-keys.ts';
-import type { Listener, VersionedConfig, WorkerStatus } from '../shared/schemas.ts';
-import { publishHeartbeat } from '../shared/workers-registry.ts';
+import { loadConfig } from '../shared/config/store.ts';
+import { recordEvent } from '../shared/status/events.ts';
+import { keys } from '../shared/redis/keys.ts';
+import type { Listener, VersionedConfig, WorkerStatus } from '../shared/config/schemas.ts';
+import { publishHeartbeat } from '../shared/status/workers.ts';
 import { DirectoryRegistry } from './directories.ts';
-import { buildRuntime } from './listener-runtime.ts';
-import { createListenerServer, tlsOptions } from './listener-server.ts';
+import { buildRuntime } from './smtp/runtime.ts';
+import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
-import { relayMessage } from './next-hop.ts';
-import type { CrlStore } from '../shared/crl-store.ts';
-import type { CrlSettings } from '../shared/schemas.ts';
-import type { ListenerRuntime, RevocationCheck, SessionDeps } from './session.ts';
-import type { GatewayServer } from './smtp-adapter.ts';
+import { relayMessage } from './relay/next-hop.ts';
+import type { CrlStore } from '../shared/pki/crl/store.ts';
+import type { CrlSettings } from '../shared/config/schemas.ts';
+import type { ListenerRuntime, RevocationCheck, SessionDeps } from './smtp/session.ts';
+import type { GatewayServer } from './smtp/adapter.ts';
 import type { X509Certificate } from 'node:crypto';
 
 const HEARTBEAT_MS = 5_000;

@@ -1,7 +1,7 @@
 // `npm run start:worker`: one stateless SMTP worker (SPEC §1).
 import os from 'node:os';
-import { CrlStore } from '../shared/crl-store.ts';
-import { processKit } from '../shared/process.ts';
+import { CrlStore } from '../shared/pki/crl/store.ts';
+import { processKit } from '../shared/process/kit.ts';
 import { Gateway } from './gateway.ts';
 import { WorkerMetrics } from './metrics.ts';
 

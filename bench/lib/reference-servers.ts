@@ -9,7 +9,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { relayMessage, type NextHopTarget } from '../../worker/next-hop.ts';
+import { relayMessage, type NextHopTarget } from '../../worker/relay/next-hop.ts';
 
 export interface ReferenceConfig {
   certPem: string;

@@ -2,7 +2,7 @@
 // (and their status, and a delay) tests set at will, counting the requests per path.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { CrlLogger } from '../../shared/crl-refresh.ts';
+import type { CrlLogger } from '../../shared/pki/crl/refresh.ts';
 
 export interface ServedFile {
   body: Buffer;

@@ -3,7 +3,7 @@
  * cacPerson class (test/fixtures/cac.schema) when a card attribute is given.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { generalizedTime } from '../../shared/ldap-filter.ts';
+import { generalizedTime } from '../../shared/directory/filter.ts';
 
 export const PEOPLE_DN = 'ou=people,dc=example,dc=com';
 

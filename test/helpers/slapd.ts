@@ -18,7 +18,7 @@ import { Client } from 'ldapts';
 
 const execFileAsync = promisify(execFile);
 
-const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
+const FIXTURES = fileURLToPath(new URL('../fixtures', import.meta.url));
 const SLAPD = '/usr/sbin/slapd';
 const SLAPADD = '/usr/sbin/slapadd';
 const SCHEMA_DIR = '/etc/ldap/schema';

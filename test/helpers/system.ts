@@ -9,7 +9,7 @@ import { createPki, type Pki } from './pki.ts';
 import { startSink, type Sink } from './smtp-sink.ts';
 import { freePort, waitForPort } from './ports.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const TOKEN = 'test-admin-token-0123456789';
 
 export interface Proc {

@@ -8,7 +8,7 @@
 import type net from 'node:net';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import type { EhloFeatures, Reply } from '../shared/policy.ts';
+import type { EhloFeatures, Reply } from '../../shared/policy/rules.ts';
 
 /** What a session decides; implemented by worker/session.ts. */
 export interface SessionController {

@@ -9,14 +9,14 @@ import {
   receivedProtocol, REPLIES, requestsClientCertificate, sizeExceeded, startTlsCommandReply, startTlsGate,
   externalContinuation, type AllowanceCheck, type AuthCommandDecision, type AuthSetup, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
   type EhloFeatures, type Reply, type SessionState,
-} from '../shared/policy.ts';
-import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../shared/schemas.ts';
-import { certificateFacts, certInfo, tokenValues, validateClientCertificate, type CertificateFacts } from '../shared/x509.ts';
-import type { Challenge, SessionController } from './smtp-adapter.ts';
-import type { RevocationVerdict } from '../shared/crl-store.ts';
+} from '../../shared/policy/rules.ts';
+import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../../shared/config/schemas.ts';
+import { certificateFacts, certInfo, tokenValues, validateClientCertificate, type CertificateFacts } from '../../shared/pki/certificate.ts';
+import type { Challenge, SessionController } from './adapter.ts';
+import type { RevocationVerdict } from '../../shared/pki/crl/store.ts';
 
 export type { RevocationVerdict };
-import type { NextHopTarget, RelayResult } from './next-hop.ts';
+import type { NextHopTarget, RelayResult } from '../relay/next-hop.ts';
 import { receivedHeader } from './received.ts';
 
 /** The directory operations a session needs (shared/directory.ts implements them). */

@@ -1,8 +1,8 @@
 // Authentication and session events (SPEC §2.7): workers append, the API queries.
 // A capped Redis stream; each entry holds the event as one JSON field `e`.
 import type { Redis } from 'ioredis';
-import { keys } from './redis-keys.ts';
-import type { NewSessionEvent, SessionEvent } from './schemas.ts';
+import { keys } from '../redis/keys.ts';
+import type { NewSessionEvent, SessionEvent } from '../config/schemas.ts';
 
 /** Roughly this many recent events are kept (approximate trimming is O(1)). */
 const EVENTS_MAX_LENGTH = 100_000;

@@ -12,9 +12,9 @@
 import { isIP } from 'node:net';
 import { CronExpressionParser } from 'cron-parser';
 import { Value } from 'typebox/value';
-import { checkFilterTemplate, QUERY_TOKENS, type QueryToken } from './ldap-filter.ts';
-import { parseCidr } from './cidr.ts';
-import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from './x509.ts';
+import { checkFilterTemplate, QUERY_TOKENS, type QueryToken } from '../directory/filter.ts';
+import { parseCidr } from '../policy/sender-groups.ts';
+import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../pki/certificate.ts';
 import {
   Config,
   type CrlSource,

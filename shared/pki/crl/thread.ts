@@ -3,7 +3,7 @@
  * handed over in `workerData` and posts it back with its buffers transferred.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { crlToTransfer, parseCrl, type CrlThreadRequest, type CrlThreadResponse } from './crl.ts';
+import { crlToTransfer, parseCrl, type CrlThreadRequest, type CrlThreadResponse } from './parse.ts';
 
 const port = parentPort;
 if (!port) throw new Error('crl-thread.ts must run in a worker thread');

@@ -1,8 +1,8 @@
 // Which SMTP workers are running (SPEC §2.7): each worker writes its status to one hash
 // field every few seconds; a worker whose heartbeat is older than 15 s is not running.
 import type { Redis } from 'ioredis';
-import { keys } from './redis-keys.ts';
-import type { WorkerStatus } from './schemas.ts';
+import { keys } from '../redis/keys.ts';
+import type { WorkerStatus } from '../config/schemas.ts';
 
 export const WORKER_ALIVE_MS = 15_000;
 /** Entries of workers gone this long are deleted, so the hash does not grow with every restart. */

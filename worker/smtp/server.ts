@@ -1,9 +1,9 @@
 // An SMTP server for one listener: smtp-server's hooks handed to the session controller.
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServerSession } from 'smtp-server';
-import { requestsClientCertificate, type Reply } from '../shared/policy.ts';
-import type { Listener } from '../shared/schemas.ts';
-import { GatewayServer, controllerOf } from './smtp-adapter.ts';
+import { requestsClientCertificate, type Reply } from '../../shared/policy/rules.ts';
+import type { Listener } from '../../shared/config/schemas.ts';
+import { GatewayServer, controllerOf } from './adapter.ts';
 import { Session, type ListenerRuntime, type SessionDeps } from './session.ts';
 
 /** An Error smtp-server turns into exactly this reply. */

@@ -19,13 +19,13 @@
  */
 import type { X509Certificate } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { parseCrlOffThread, type RevokedSerials } from './crl.ts';
-import { joinChunks } from './crl-download.ts';
-import { loadConfig } from './config-store.ts';
-import { REDIS_SLICE, parseStatus, readCrlStatus, type CrlLogger } from './crl-refresh.ts';
-import { keys } from './redis-keys.ts';
-import type { CrlSettings, CrlStatus } from './schemas.ts';
-import { canonicalName, certInfo, nameTlv, serialHexFromDer } from './x509.ts';
+import { parseCrlOffThread, type RevokedSerials } from './parse.ts';
+import { joinChunks } from './download.ts';
+import { loadConfig } from '../../config/store.ts';
+import { REDIS_SLICE, parseStatus, readCrlStatus, type CrlLogger } from './refresh.ts';
+import { keys } from '../../redis/keys.ts';
+import type { CrlSettings, CrlStatus } from '../../config/schemas.ts';
+import { canonicalName, certInfo, nameTlv, serialHexFromDer } from '../certificate.ts';
 
 /** What revocation data says of a validated chain (leaf first); the same type as worker/session.ts. */
 export type RevocationVerdict =

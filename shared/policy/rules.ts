@@ -2,9 +2,9 @@
 // the certificate check and the directory's answer, what does the session reply?
 // No I/O here. The worker's smtp-server adapter gathers the facts, calls these and applies
 // the answer; each rule of §3 lives in exactly one function below, named after it.
-import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy } from './schemas.ts';
+import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy } from '../config/schemas.ts';
 import { domainToASCII } from 'node:url';
-import { matchesCidr } from './cidr.ts';
+import { matchesCidr } from './sender-groups.ts';
 
 export interface Reply { code: number; text: string }
 

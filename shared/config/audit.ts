@@ -2,7 +2,7 @@
 // and which configuration version it produced. A capped Redis stream, newest last.
 import { Type, type Static } from 'typebox';
 import type { Redis } from 'ioredis';
-import { keys } from './redis-keys.ts';
+import { keys } from '../redis/keys.ts';
 
 export const AuditEntry = Type.Object(
   {

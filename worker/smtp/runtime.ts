@@ -1,9 +1,9 @@
 // A listener's view of one configuration version: its policies by client address, its
 // authentication setup with the fallback resolved, and its parsed client CAs.
-import type { AuthSetup } from '../shared/policy.ts';
-import { selectPolicyName } from '../shared/policy.ts';
-import type { Config, Listener, MailFlowPolicy } from '../shared/schemas.ts';
-import { parsePemCertificates } from '../shared/x509.ts';
+import type { AuthSetup } from '../../shared/policy/rules.ts';
+import { selectPolicyName } from '../../shared/policy/rules.ts';
+import type { Config, Listener, MailFlowPolicy } from '../../shared/config/schemas.ts';
+import { parsePemCertificates } from '../../shared/pki/certificate.ts';
 import type { ListenerRuntime } from './session.ts';
 
 /**

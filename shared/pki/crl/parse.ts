@@ -32,7 +32,7 @@ import {
   parseExtensions,
   readPemBlocks,
   readTlv,
-} from './x509.ts';
+} from '../certificate.ts';
 
 export type CrlFileType = 'asn1' | 'pem';
 
@@ -803,7 +803,7 @@ export type CrlThreadRequest = { buffer: ArrayBuffer; fileType: CrlFileType };
 export type CrlThreadResponse = { ok: true; crl: CrlTransfer } | { ok: false; message: string };
 
 const RUNNING_TS = import.meta.url.endsWith('.ts');
-const THREAD_URL = new URL(RUNNING_TS ? './crl-thread.ts' : './crl-thread.js', import.meta.url);
+const THREAD_URL = new URL(RUNNING_TS ? './thread.ts' : './thread.js', import.meta.url);
 let tsxApiUrl: string | null = null;
 
 /**

@@ -13,9 +13,9 @@
 // only has to catch writers in other processes.
 import type { Redis } from 'ioredis';
 import { Value } from 'typebox/value';
-import { keys } from './redis-keys.ts';
+import { keys } from '../redis/keys.ts';
 import { Config, EMPTY_CONFIG, type VersionedConfig } from './schemas.ts';
-import { validateConfig, type ValidationIssue } from './config-validate.ts';
+import { validateConfig, type ValidationIssue } from './validate.ts';
 import { auditXaddArgs, type NewAuditEntry } from './audit.ts';
 
 /** The caller's If-Match did not name the current version (HTTP 412). */

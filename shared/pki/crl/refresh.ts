@@ -20,11 +20,11 @@
  */
 import { X509Certificate, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from './crl.ts';
-import { CrlDownloadError, downloadCrl, joinChunks } from './crl-download.ts';
-import { keys } from './redis-keys.ts';
-import type { Config, CrlSource, CrlStatus } from './schemas.ts';
-import { canonicalName, certInfo, nameTlv, parsePemCertificates, readTlv } from './x509.ts';
+import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from './parse.ts';
+import { CrlDownloadError, downloadCrl, joinChunks } from './download.ts';
+import { keys } from '../../redis/keys.ts';
+import type { Config, CrlSource, CrlStatus } from '../../config/schemas.ts';
+import { canonicalName, certInfo, nameTlv, parsePemCertificates, readTlv } from '../certificate.ts';
 
 /** The logging a CRL component needs (pino and Fastify loggers fit). */
 export interface CrlLogger {

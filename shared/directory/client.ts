@@ -41,7 +41,7 @@ import {
   type Entry,
   type Filter,
 } from 'ldapts';
-import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode, type TokenValues } from './ldap-filter.ts';
+import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode, type TokenValues } from './filter.ts';
 import { verifyStoredPassword } from './password-hash.ts';
 
 // ---------------------------------------------------------------------------
