@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what certgate needs on a Debian 12 machine with Node 20, and nothing that is already there.
 # Idempotent: a second run only checks. One line per action, prefixed "ensure-deps:".
-#   Debian packages: redis-server slapd ldap-utils swaks libnet-ssleay-perl libio-socket-ssl-perl openssl chromium python3
+#   Debian packages: RUN_PACKAGES below; with --test also TEST_PACKAGES (the real peers the tests drive)
 #   npm packages:    npm ci when node_modules is missing or older than package-lock.json
 # ENSURE_DEPS_APT may replace the Debian package list (space separated).
 set -euo pipefail
@@ -25,7 +25,23 @@ as_root() {
 }
 
 # ---------------------------------------------------------------- Debian packages
-read -r -a PACKAGES <<<"${ENSURE_DEPS_APT:-redis-server slapd ldap-utils swaks libnet-ssleay-perl libio-socket-ssl-perl openssl chromium python3}"
+# One package a line, so that changes merge cleanly.
+RUN_PACKAGES=(
+  redis-server
+  slapd
+  ldap-utils
+  openssl
+  swaks
+  libnet-ssleay-perl   # swaks --tls (a Recommends, which --no-install-recommends leaves out)
+  libio-socket-ssl-perl
+  python3
+)
+TEST_PACKAGES=(
+  chromium             # Swagger UI test
+)
+PACKAGES=("${RUN_PACKAGES[@]}")
+if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
+if [ -n "${ENSURE_DEPS_APT:-}" ]; then read -r -a PACKAGES <<<"$ENSURE_DEPS_APT"; fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

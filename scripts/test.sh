@@ -96,7 +96,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-bash scripts/ensure-deps.sh || { say "ensure-deps failed"; exit 1; }
+bash scripts/ensure-deps.sh --test || { say "ensure-deps failed"; exit 1; }
 
 static_failed=0
 say "type check: npx tsc -p tsconfig.json"
