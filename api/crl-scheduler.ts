@@ -21,14 +21,16 @@
 import { Queue, QueueEvents, Worker, type Job, type JobSchedulerJson } from 'bullmq';
 import { Redis } from 'ioredis';
 import { loadConfig } from '../shared/config/store.ts';
-import { deleteCrlData, readCrlStatus, refreshSource, trustedCrlSigners, type CrlLogger, type RefreshContext } from '../shared/pki/crl/refresh.ts';
-import { Coalescer } from '../shared/pki/crl/store.ts';
+import { deleteCrlData, refreshSource, trustedCrlSigners, type RefreshContext } from '../shared/pki/crl/refresh.ts';
+import { readCrlStatus } from '../shared/pki/crl/stored.ts';
+import { Coalescer } from '../shared/util/coalescer.ts';
+import type { MinimalLogger } from '../shared/util/logger.ts';
 import { CRL_QUEUE, keys } from '../shared/redis/keys.ts';
 import type { CrlSource, CrlStatus } from '../shared/config/schemas.ts';
 
 export interface CrlSchedulerOptions {
   redisUrl: string;
-  logger: CrlLogger;
+  logger: MinimalLogger;
   /** CRL_FILE_ROOT; null refuses `file:` URLs. */
   fileRoot: string | null;
   /** Passed to every download (tests shorten them). */
@@ -207,7 +209,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
  * meanwhile is then in that configuration, so its fresh data is never taken
  * for a deleted source's.
  */
-async function removeDeletedSourcesData(redis: Redis, logger: CrlLogger): Promise<void> {
+async function removeDeletedSourcesData(redis: Redis, logger: MinimalLogger): Promise<void> {
   const stored = new Set<string>();
   for (const keyOf of [keys.crlStatus, keys.crlData]) {
     const [head, tail] = keyOf('\0').split('\0');

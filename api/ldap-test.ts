@@ -2,7 +2,8 @@
 // auth query now, exactly as a worker would, and says what the directory answered.
 import { Directory } from '../shared/directory/client.ts';
 import type { LdapProfile } from '../shared/config/schemas.ts';
-import { certificateFacts, parsePemCertificates, tokenValues, type TokenValues } from '../shared/pki/certificate.ts';
+import { certificateFacts, parsePemCertificates } from '../shared/pki/certificate.ts';
+import { certificateTokenValues, type CertificateTokenValues } from '../shared/directory/tokens.ts';
 import { badRequest } from './errors.ts';
 
 export type LdapTestRequest =
@@ -21,7 +22,7 @@ export interface LdapTestResult {
   /** The directory's answer, e.g. `one`, `none`, `many`, `invalid-credentials`, `directory-unavailable`. */
   outcome: string;
   /** certificate: the query tokens' values taken from the certificate. */
-  tokens: TokenValues | null;
+  tokens: CertificateTokenValues | null;
   /** smtpAuth with an allowQuery: the escaped allowance filter. */
   allowFilter: string | null;
 }
@@ -40,11 +41,11 @@ export async function runLdapTest(profile: LdapProfile, body: LdapTestRequest, n
 
 async function certificateTest(profile: LdapProfile, directory: Directory, pem: string, started: number): Promise<LdapTestResult> {
   if (!profile.certificateQuery) throw badRequest(`body/query: LDAP profile "${profile.name}" has no certificateQuery`);
-  let tokens: TokenValues;
+  let tokens: CertificateTokenValues;
   try {
     const [cert] = parsePemCertificates(pem);
     if (!cert) throw new Error('no certificate');
-    tokens = tokenValues(certificateFacts(cert));
+    tokens = certificateTokenValues(certificateFacts(cert));
   } catch (e) {
     throw badRequest(`body/certificatePem: ${(e as Error).message}`);
   }

@@ -2,7 +2,7 @@
 // resource-routes.ts: where each lives in the configuration, its URL and its schema.
 import type { TSchema } from 'typebox';
 import type { Redis } from 'ioredis';
-import { readCrlStatus } from '../shared/pki/crl/refresh.ts';
+import { readCrlStatus } from '../shared/pki/crl/stored.ts';
 import type { Collection } from '../shared/config/validate.ts';
 import { CrlSource, LdapProfile, Listener, MailFlowPolicy, SmtpAuthProfile, type CrlStatus } from '../shared/config/schemas.ts';
 import { CrlSourceWithStatus } from './http-schemas.ts';

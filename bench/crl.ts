@@ -43,8 +43,11 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { parseCrl, parseCrlOffThread, verifyCrlSignature } from '../shared/pki/crl/parse.ts';
 import { CrlStore } from '../shared/pki/crl/store.ts';
-import { downloadCrl, joinChunks } from '../shared/pki/crl/download.ts';
-import { REDIS_SLICE, deleteCrlData, refreshSource, type CrlLogger } from '../shared/pki/crl/refresh.ts';
+import { downloadCrl } from '../shared/pki/crl/download.ts';
+import { joinChunks } from '../shared/util/buffers.ts';
+import type { MinimalLogger } from '../shared/util/logger.ts';
+import { deleteCrlData, refreshSource } from '../shared/pki/crl/refresh.ts';
+import { REDIS_SLICE } from '../shared/pki/crl/stored.ts';
 import type { CrlSource } from '../shared/config/schemas.ts';
 import { keys } from '../shared/redis/keys.ts';
 import { startSystem, type System } from '../test/helpers/system.ts';
@@ -114,7 +117,7 @@ function checkpoint(): void {
   if (interrupted) throw new Error('interrupted');
 }
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const silent: CrlLogger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+const silent: MinimalLogger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
 // ------------------------------------------------------------------------------- helpers
 

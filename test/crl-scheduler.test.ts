@@ -8,7 +8,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { CrlSourceNotFoundError, connectCrlRefreshClient, startCrlScheduler, type CrlScheduler, type DownloadJobData } from '../api/crl-scheduler.ts';
 import { updateConfig } from '../shared/config/store.ts';
-import { readCrlStatus } from '../shared/pki/crl/refresh.ts';
+import { readCrlStatus } from '../shared/pki/crl/stored.ts';
 import { CRL_QUEUE, keys } from '../shared/redis/keys.ts';
 import type { CrlSource } from '../shared/config/schemas.ts';
 import { eventually, startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';

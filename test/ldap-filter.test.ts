@@ -1,7 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  QUERY_TOKENS,
   checkFilterTemplate,
   escapeFilterValue,
   generalizedTime,
@@ -9,6 +8,7 @@ import {
   renderFilter,
   unknownTokens,
 } from '../shared/directory/filter.ts';
+import { QUERY_TOKENS } from '../shared/directory/tokens.ts';
 
 const SPEC_CERT_QUERY = '(&(caccn={cn})(cacserial={sn}))';
 const SPEC_ALLOW_QUERY = '(&(uid={u})(|(!(caccn=*))(cacexempt=*)(cacemergency>={t})))';

@@ -10,10 +10,10 @@ import {
   keyMatchesCertificate,
   parsePemCertificates,
   parsePrivateKeyPem,
-  tokenValues,
   validateClientCertificate,
   type ChainResult,
 } from '../shared/pki/certificate.ts';
+import { certificateTokenValues } from '../shared/directory/tokens.ts';
 import { createPki, OID_TEST_ATTR, type CaHandle, type Issued, type Pki } from './helpers/pki.ts';
 
 const execFileAsync = promisify(execFile);
@@ -139,7 +139,7 @@ describe('x509', () => {
     test('tokenValues maps the facts to the SPEC 2.2 tokens', async () => {
       const c = await pki.client({ serial: '0A1B', issuer: 'intermediate' });
       const f = certificateFacts(c.x509);
-      assert.deepEqual(tokenValues(f), {
+      assert.deepEqual(certificateTokenValues(f), {
         cn: 'LAST.FIRST.1234567890',
         sn: '0A1B',
         s: 'CN=LAST.FIRST.1234567890,OU=PKI,O=certgate test,C=US',
@@ -149,7 +149,7 @@ describe('x509', () => {
         fp: f.fingerprint,
       });
       assert.match(f.fingerprint, /^[0-9A-F]{64}$/);
-      const bare = tokenValues(certificateFacts((await pki.client({ cn: null, email: null, upn: null })).x509));
+      const bare = certificateTokenValues(certificateFacts((await pki.client({ cn: null, email: null, upn: null })).x509));
       assert.equal(bare.cn, null);
       assert.equal(bare.e, null);
       assert.equal(bare.upn, null);

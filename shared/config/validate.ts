@@ -12,7 +12,8 @@
 import { isIP } from 'node:net';
 import { CronExpressionParser } from 'cron-parser';
 import { Value } from 'typebox/value';
-import { checkFilterTemplate, QUERY_TOKENS, type QueryToken } from '../directory/filter.ts';
+import { checkFilterTemplate } from '../directory/filter.ts';
+import { CERTIFICATE_TOKENS, QUERY_TOKENS, SMTP_AUTH_TOKENS, type QueryToken } from '../directory/tokens.ts';
 import { parseCidr } from '../policy/sender-groups.ts';
 import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../pki/certificate.ts';
 import {
@@ -42,8 +43,6 @@ export const COLLECTION_LABELS: Record<Collection, string> = {
 };
 
 /** Tokens each kind of query may use: `{t}` anywhere, the rest by what the query is about. */
-const CERTIFICATE_TOKENS: readonly QueryToken[] = ['cn', 'sn', 's', 'i', 'e', 'upn', 'fp', 't'];
-const SMTP_AUTH_TOKENS: readonly QueryToken[] = ['u', 't'];
 
 /** Schedules more frequent than this would hammer CRL distribution points (as `everySeconds ≥ 60`). */
 const MIN_CRL_INTERVAL_MS = 60_000;

@@ -41,7 +41,8 @@ import {
   type Entry,
   type Filter,
 } from 'ldapts';
-import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode, type TokenValues } from './filter.ts';
+import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode } from './filter.ts';
+import type { TokenValues } from './tokens.ts';
 import { verifyStoredPassword } from './password-hash.ts';
 
 // ---------------------------------------------------------------------------

@@ -2,12 +2,10 @@
  * LDAP query templates (SPEC 2.2): token substitution with RFC 4515 escaping,
  * template validation for the API, and the GeneralizedTime used by `{t}`.
  *
- * Pure module: no I/O, no dependencies.
+ * Pure module: no I/O. The token names and their values are in tokens.ts.
  */
 
-export const QUERY_TOKENS = ['u', 't', 'cn', 'sn', 's', 'i', 'e', 'upn', 'fp'] as const;
-export type QueryToken = (typeof QUERY_TOKENS)[number];
-export type TokenValues = Partial<Record<QueryToken, string | null>>;
+import { QUERY_TOKENS, type QueryToken, type TokenValues } from './tokens.ts';
 
 const TOKEN_SET: ReadonlySet<string> = new Set(QUERY_TOKENS);
 

@@ -637,7 +637,7 @@ function nameTlvAt(der: Buffer, name: Buffer): Tlv {
 }
 
 // ---------------------------------------------------------------------------
-// Public API: facts and tokens
+// Public API: the facts of a certificate
 // ---------------------------------------------------------------------------
 
 export interface CertificateFacts {
@@ -687,21 +687,6 @@ export function certificateFacts(cert: X509Certificate | Buffer): CertificateFac
     notBefore: info.parsed.notBefore,
     notAfter: info.parsed.notAfter,
   };
-}
-
-export interface TokenValues {
-  cn: string | null;
-  sn: string | null;
-  s: string | null;
-  i: string | null;
-  e: string | null;
-  upn: string | null;
-  fp: string | null;
-}
-
-/** Values of the certificate query tokens of SPEC 2.2 (unescaped; null = the certificate lacks it). */
-export function tokenValues(f: CertificateFacts): TokenValues {
-  return { cn: f.subjectCn, sn: f.serial, s: f.subjectDn, i: f.issuerDn, e: f.email, upn: f.upn, fp: f.fingerprint };
 }
 
 // ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // (and their status, and a delay) tests set at will, counting the requests per path.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { CrlLogger } from '../../shared/pki/crl/refresh.ts';
+import type { MinimalLogger } from '../../shared/util/logger.ts';
 
 export interface ServedFile {
   body: Buffer;
@@ -52,7 +52,7 @@ export async function startCrlServer(): Promise<CrlServer> {
 }
 
 /** A logger for the CRL components under test: silent unless CRL_TEST_LOG is set. */
-export function testLogger(): CrlLogger {
+export function testLogger(): MinimalLogger {
   const log = (level: string) => (obj: object, msg?: string) => {
     if (process.env.CRL_TEST_LOG) process.stderr.write(`[${level}] ${msg ?? ''} ${JSON.stringify(obj)}\n`);
   };

@@ -11,7 +11,8 @@ import {
   type EhloFeatures, type Reply, type SessionState,
 } from '../../shared/policy/rules.ts';
 import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../../shared/config/schemas.ts';
-import { certificateFacts, certInfo, tokenValues, validateClientCertificate, type CertificateFacts } from '../../shared/pki/certificate.ts';
+import { certificateFacts, certInfo, validateClientCertificate, type CertificateFacts } from '../../shared/pki/certificate.ts';
+import { certificateTokenValues, type TokenValues } from '../../shared/directory/tokens.ts';
 import type { Challenge, SessionController } from './adapter.ts';
 import type { RevocationVerdict } from '../../shared/pki/crl/store.ts';
 
@@ -23,7 +24,7 @@ import { receivedHeader } from './received.ts';
 export interface DirectoryPort {
   authenticate(username: string, password: string): Promise<{ outcome: CredentialCheck; userId: string | null }>;
   checkAllowed(username: string, now: Date): Promise<{ outcome: Exclude<AllowanceCheck, 'not-checked'> }>;
-  lookupCertificate(values: ReturnType<typeof tokenValues>): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null }>;
+  lookupCertificate(values: TokenValues): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null }>;
 }
 
 /** What revocation data says of a validated chain (leaf first); `disabled`: inboundSmtpTls is off. */
@@ -273,7 +274,7 @@ export class Session implements SessionController {
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
-    const found = await directory.lookupCertificate(tokenValues(chain.facts));
+    const found = await directory.lookupCertificate(certificateTokenValues(chain.facts));
     return { kind: 'valid', directory: directoryMatch(found) };
   }
 

@@ -21,18 +21,13 @@
 import { X509Certificate, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from './parse.ts';
-import { CrlDownloadError, downloadCrl, joinChunks } from './download.ts';
+import { CrlDownloadError, downloadCrl } from './download.ts';
+import { joinChunks } from '../../util/buffers.ts';
+import type { MinimalLogger } from '../../util/logger.ts';
+import { REDIS_SLICE, readCrlStatus } from './stored.ts';
 import { keys } from '../../redis/keys.ts';
 import type { Config, CrlSource, CrlStatus } from '../../config/schemas.ts';
 import { canonicalName, certInfo, nameTlv, parsePemCertificates, readTlv } from '../certificate.ts';
-
-/** The logging a CRL component needs (pino and Fastify loggers fit). */
-export interface CrlLogger {
-  debug(obj: object, msg?: string): void;
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
 
 export interface RefreshContext {
   /** CA certificates a CRL may be signed by (see `trustedCrlSigners`). */
@@ -41,7 +36,7 @@ export interface RefreshContext {
   fileRoot: string | null;
   /** The time recorded as lastAttemptAt/lastSuccessAt. */
   now: Date;
-  logger?: CrlLogger;
+  logger?: MinimalLogger;
   /** Per download; default 30 s. */
   timeoutMs?: number;
   /** Per download; default 64 MiB. */
@@ -50,53 +45,15 @@ export interface RefreshContext {
   lockWaitMs?: number;
 }
 
-export const NEVER_ATTEMPTED: Readonly<CrlStatus> = Object.freeze({
-  lastAttemptAt: null,
-  lastError: null,
-  lastSuccessAt: null,
-  url: null,
-  issuer: null,
-  thisUpdate: null,
-  nextUpdate: null,
-  crlNumber: null,
-  revokedCount: null,
-  sha256: null,
-  bytes: null,
-});
-
 const LOCK_TTL_MS = 30_000;
 const LOCK_RENEW_MS = 10_000;
 const LOCK_POLL_MS = 100;
 const DEFAULT_LOCK_WAIT_MS = 90_000;
 /** Clock skew tolerated on a CRL's thisUpdate. */
 const MAX_FUTURE_SKEW_MS = 5 * 60_000;
-/** Large values go to and come from Redis in slices of this size (see `stage`). */
-export const REDIS_SLICE = 1024 * 1024;
 const STAGING_TTL_MS = 10 * 60_000;
 /** PEM is decoded in slices of this many characters, yielding in between (a 1M-entry CRL is 37 MB of base64). */
 const PEM_SLICE = 1024 * 1024;
-
-// ---------------------------------------------------------------------------
-// Status
-// ---------------------------------------------------------------------------
-
-/** The status of a source; all fields null when it was never attempted. */
-export async function readCrlStatus(redis: Redis, name: string): Promise<CrlStatus> {
-  return parseStatus(await redis.get(keys.crlStatus(name)));
-}
-
-/** A stored status JSON (or null) as a complete CrlStatus; unreadable JSON counts as never attempted. */
-export function parseStatus(json: string | null): CrlStatus {
-  if (json === null) return { ...NEVER_ATTEMPTED };
-  try {
-    const stored = JSON.parse(json) as Partial<CrlStatus>;
-    const out: Record<string, unknown> = { ...NEVER_ATTEMPTED };
-    for (const k of Object.keys(NEVER_ATTEMPTED)) if (k in stored) out[k] = stored[k as keyof CrlStatus];
-    return out as CrlStatus;
-  } catch {
-    return { ...NEVER_ATTEMPTED };
-  }
-}
 
 /** Removes a deleted source's CRL and status, and tells the workers to drop it. */
 export async function deleteCrlData(redis: Redis, name: string): Promise<void> {
@@ -141,7 +98,7 @@ const RENEW = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('
  * another process holds it. The lock has a short TTL renewed while `fn` runs,
  * so a process that dies mid-download blocks the source for 30 s at most.
  */
-async function withSourceLock<T>(redis: Redis, name: string, logger: CrlLogger | undefined, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
+async function withSourceLock<T>(redis: Redis, name: string, logger: MinimalLogger | undefined, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
   const key = keys.crlLock(name);
   const token = randomUUID();
   if ((await redis.set(key, token, 'PX', LOCK_TTL_MS, 'NX')) !== 'OK') return { ran: false };

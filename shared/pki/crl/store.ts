@@ -14,20 +14,21 @@
  *   certificate and CRL.
  *
  * The CRLs in Redis were verified by the refresher before being stored
- * (crl-refresh.ts); Redis is trusted, so they are not verified again here.
+ * (refresh.ts); Redis is trusted, so they are not verified again here.
  * A disabled source's CRL is not enforced (it would go stale unattended).
  */
 import type { X509Certificate } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { parseCrlOffThread, type RevokedSerials } from './parse.ts';
-import { joinChunks } from './download.ts';
 import { loadConfig } from '../../config/store.ts';
-import { REDIS_SLICE, parseStatus, readCrlStatus, type CrlLogger } from './refresh.ts';
+import { readCrlStatus, readStoredCrl } from './stored.ts';
+import { Coalescer } from '../../util/coalescer.ts';
+import type { MinimalLogger } from '../../util/logger.ts';
 import { keys } from '../../redis/keys.ts';
-import type { CrlSettings, CrlStatus } from '../../config/schemas.ts';
+import type { CrlSettings } from '../../config/schemas.ts';
 import { canonicalName, certInfo, nameTlv, serialHexFromDer } from '../certificate.ts';
 
-/** What revocation data says of a validated chain (leaf first); the same type as worker/session.ts. */
+/** What revocation data says of a validated chain (leaf first). */
 export type RevocationVerdict =
   | { status: 'good' | 'unchecked' }
   | { status: 'revoked' | 'crl-expired'; detail: string }
@@ -74,7 +75,7 @@ export class CrlStore {
 
   constructor(
     redis: string | Redis,
-    private readonly logger: CrlLogger,
+    private readonly logger: MinimalLogger,
   ) {
     this.ownsRedis = typeof redis === 'string';
     this.redis = typeof redis === 'string' ? new Redis(redis, { maxRetriesPerRequest: 2 }) : redis;
@@ -199,7 +200,7 @@ export class CrlStore {
     if (!this.enabled.has(name)) return this.drop(name, 'source deleted or disabled');
     const loaded = this.bySource.get(name);
     if (loaded && loaded.sha256 !== null && (await readCrlStatus(this.redis, name)).sha256 === loaded.sha256) return;
-    const { der, status } = await this.readStored(name);
+    const { der, status } = await readStoredCrl(this.redis, name);
     if (der === null) return this.drop(name, 'no CRL in force');
     let crl;
     try {
@@ -221,29 +222,6 @@ export class CrlStore {
       revoked: crl.revoked,
       sha256: status.sha256,
     });
-  }
-
-  /**
-   * The DER and status of a source, consistent with each other (the refresher
-   * switches both in one MULTI, so they are read in one too). The DER comes in
-   * slices: one GET of a 27 MB value blocks the event loop for 20+ ms while
-   * ioredis joins it. The length read first plans the slices; the MULTI
-   * re-reads it and a change in between means another round.
-   */
-  private async readStored(name: string): Promise<{ der: Buffer | null; status: CrlStatus }> {
-    const dataKey = keys.crlData(name);
-    for (let round = 0; round < 5; round++) {
-      const size = await this.redis.strlen(dataKey);
-      const tx = this.redis.multi().get(keys.crlStatus(name)).strlen(dataKey);
-      for (let o = 0; o < size; o += REDIS_SLICE) tx.getrangeBuffer(dataKey, o, Math.min(o + REDIS_SLICE, size) - 1);
-      const results = await tx.exec();
-      const failed = results?.find(([err]) => err);
-      if (!results || failed) throw failed?.[0] ?? new Error('transaction aborted');
-      if (results[1][1] !== size) continue;
-      const status = parseStatus(results[0][1] as string | null);
-      return { der: size === 0 ? null : await joinChunks(results.slice(2).map(([, v]) => v as Buffer), size), status };
-    }
-    throw new Error('the stored CRL kept changing while it was read');
   }
 
   private install(entry: IndexedCrl): void {
@@ -279,40 +257,6 @@ function serialVerdict(crl: IndexedCrl, serial: Buffer): RevocationVerdict | nul
   }
   if (!revoked) return null;
   return { status: 'revoked', detail: `serial ${serialHexFromDer(serial)} is revoked by "${crl.issuerDn}" (CRL source "${crl.source}")` };
-}
-
-/**
- * Runs one task per key at a time; a call while the key's task runs asks for
- * one more run after it (however many calls came), and resolves after that.
- * (Also used by the CRL scheduler to serialise its configuration syncs.)
- */
-export class Coalescer {
-  private readonly running = new Map<string, { done: Promise<void>; again: boolean }>();
-
-  run(key: string, task: () => Promise<void>): Promise<void> {
-    const current = this.running.get(key);
-    if (current) {
-      current.again = true;
-      return current.done;
-    }
-    const state = { done: Promise.resolve(), again: false };
-    state.done = (async () => {
-      try {
-        do {
-          state.again = false;
-          await task();
-        } while (state.again);
-      } finally {
-        this.running.delete(key);
-      }
-    })();
-    this.running.set(key, state);
-    return state.done;
-  }
-
-  async idle(): Promise<void> {
-    while (this.running.size) await Promise.allSettled([...this.running.values()].map((s) => s.done));
-  }
 }
 
 async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
