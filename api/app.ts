@@ -1,6 +1,7 @@
 // The API server (SPEC §1, §2) as a Fastify instance, built without listening so tests
 // can drive it with `app.inject` as well as over a real port.
 import Fastify, { type FastifyServerOptions } from 'fastify';
+import { AjvCompiler, type Options, type ValidatorCompiler, type ValidatorFactory } from '@fastify/ajv-compiler';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
@@ -50,6 +51,18 @@ const REDACTED_PATHS = [
 /** Configuration documents can be large (PEM bundles); 16 MiB leaves room for many. */
 const BODY_LIMIT = 16 * 1024 * 1024;
 
+/**
+ * Ajv as Fastify configures it, except that request bodies are not type-coerced. Coercion
+ * is what query strings need (`?limit=20` is a string), but in a JSON body it turns `0`,
+ * `""` and `false` into `null` where a field may be null: a limit written as `0` would
+ * silently become "no limit". A body's types are the client's and must be as the schema says.
+ */
+function buildValidatorWithoutBodyCoercion(externalSchemas: Parameters<ValidatorFactory>[0], options?: { customOptions?: Options }): ValidatorCompiler {
+  const coercing = AjvCompiler()(externalSchemas, { customOptions: options?.customOptions ?? {} });
+  const strict = AjvCompiler()(externalSchemas, { customOptions: { ...options?.customOptions, coerceTypes: false } });
+  return (route) => (route.httpPart === 'body' ? strict(route) : coercing(route));
+}
+
 export async function buildApp(opts: BuildAppOptions): Promise<App> {
   // Fastify types an HTTPS server apart; the routes do not care which one serves them.
   const app = Fastify({
@@ -66,6 +79,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
         discriminator: true,
       },
     },
+    schemaController: { compilersFactory: { buildValidator: buildValidatorWithoutBodyCoercion } },
     schemaErrorFormatter: formatSchemaErrors,
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
   app.setErrorHandler(errorHandler);

@@ -38,6 +38,7 @@ RUN_PACKAGES=(
 )
 TEST_PACKAGES=(
   chromium             # Swagger UI test
+  postfix              # a real relaying client and benchmark reference (test/helpers/postfix.ts; brings smtp-sink)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -97,6 +98,13 @@ slapd slapd/domain string example.com
 slapd shared/organization string example
 slapd slapd/purge_database boolean true
 slapd slapd/move_old_database boolean true
+EOF
+    fi
+    if [ "$p" = postfix ]; then
+      # Tests run private instances (test/helpers/postfix.ts); the system one gets no main.cf.
+      say "preseeding postfix (no configuration)"
+      as_root debconf-set-selections <<'EOF'
+postfix postfix/main_mailer_type select No configuration
 EOF
     fi
   done

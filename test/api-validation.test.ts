@@ -411,6 +411,47 @@ describe('configuration validation', () => {
       field: 'body/schedule/everySeconds',
       says: />= 60/,
     },
+    // ---- limits of §2.4 and §2.5 (null = no limit only where SPEC says so)
+    { title: 'schema: maxBadCommands is at least 1', method: 'POST', url: '/v1/mail-flow-policies', body: () => policy('l1', { maxBadCommands: 0 }), field: 'body/maxBadCommands' },
+    { title: 'schema: maxMessagesPerConnection is an integer', method: 'POST', url: '/v1/mail-flow-policies', body: () => policy('l2', { maxMessagesPerConnection: 2.5 }), field: 'body/maxMessagesPerConnection' },
+    { title: 'schema: maxConnectionsPerClient is a number or null', method: 'POST', url: '/v1/mail-flow-policies', body: () => policy('l3', { maxConnectionsPerClient: '50' }), field: 'body/maxConnectionsPerClient' },
+    { title: 'schema: maxAuthFailuresPerConnection is at least 1', method: 'POST', url: '/v1/mail-flow-policies', body: () => policy('l4', { maxAuthFailuresPerConnection: -1 }), field: 'body/maxAuthFailuresPerConnection' },
+    {
+      title: 'schema: a throttle window is at least 1 s',
+      method: 'POST',
+      url: '/v1/mail-flow-policies',
+      body: () => policy('l5', { authFailureThrottle: { perClient: { maxFailures: 10, windowSeconds: 0 }, perUser: null } }),
+      field: 'body/authFailureThrottle/perClient/windowSeconds',
+    },
+    {
+      title: 'schema: a throttle limit needs maxFailures',
+      method: 'POST',
+      url: '/v1/mail-flow-policies',
+      body: () => policy('l6', { authFailureThrottle: { perClient: null, perUser: { windowSeconds: 60 } } }),
+      field: 'body/authFailureThrottle/perUser',
+    },
+    {
+      title: 'schema: the throttle knows no other key',
+      method: 'POST',
+      url: '/v1/mail-flow-policies',
+      body: () => policy('l7', { authFailureThrottle: { perClient: null, perUser: null, perDomain: null } }),
+      field: 'body/authFailureThrottle',
+    },
+    {
+      title: 'configuration import: a bad throttle limit is named',
+      method: 'PUT',
+      url: '/v1/config',
+      body: () => {
+        const c = withoutVersion();
+        (c.mailFlowPolicies![0] as Record<string, unknown>).authFailureThrottle = { perClient: { maxFailures: 0, windowSeconds: 60 }, perUser: null };
+        return c;
+      },
+      field: 'body/mailFlowPolicies/0/authFailureThrottle/perClient/maxFailures',
+    },
+    { title: 'schema: maxConnections has no "no limit"', method: 'POST', url: '/v1/listeners', body: () => listener('l8', 2981, { maxConnections: null }), field: 'body/maxConnections' },
+    { title: 'schema: maxConnections is at least 1', method: 'POST', url: '/v1/listeners', body: () => listener('l9', 2982, { maxConnections: 0 }), field: 'body/maxConnections' },
+    { title: 'schema: idleTimeoutSeconds has no "never"', method: 'POST', url: '/v1/listeners', body: () => listener('l10', 2983, { idleTimeoutSeconds: null }), field: 'body/idleTimeoutSeconds' },
+    { title: 'schema: idleTimeoutSeconds is at most an hour', method: 'POST', url: '/v1/listeners', body: () => listener('l11', 2984, { idleTimeoutSeconds: 86_400 }), field: 'body/idleTimeoutSeconds' },
     { title: 'schema: not JSON at all', method: 'PUT', url: '/v1/config', body: () => [1, 2, 3], field: 'body', says: /must be object/ },
   ];
 
@@ -450,6 +491,15 @@ describe('configuration validation', () => {
       ],
       ['POST', '/v1/listeners', listener('implicit', 2962, { implicitTls: true, tls: tls({ clientCaPem: null }) })],
       ['POST', '/v1/smtp-auth-profiles', certificateAuthProfile('cac-or-password', 'corp', { allowSmtpAuthWithoutCertificate: true, fallbackProfile: 'ldap-auth' })],
+      [
+        'POST',
+        '/v1/mail-flow-policies',
+        policy('unlimited', {
+          maxMessagesPerConnection: null, maxConnectionsPerClient: null, maxAuthFailuresPerConnection: null, maxBadCommands: null,
+          authFailureThrottle: { perClient: null, perUser: { maxFailures: 5, windowSeconds: 900 } },
+        }),
+      ],
+      ['POST', '/v1/listeners', listener('limits', 2985, { maxConnections: 1, idleTimeoutSeconds: 1 })],
       ['POST', '/v1/ldap-profiles', ldapProfile('ad', { certificateQuery: { name: 'upn', query: '(userPrincipalName={upn})', userIdAttribute: 'sAMAccountName' } })],
     ];
     for (const [method, url, body] of ok) {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
 import { keys } from '../shared/redis/keys.ts';
 import { ConfigConflictError, ConfigValidationError, ConfigVersionMismatchError, loadConfig, updateConfig } from '../shared/config/store.ts';
-import { EMPTY_CONFIG, type Config, type MailFlowPolicy } from '../shared/config/schemas.ts';
+import { DEFAULT_POLICY_LIMITS, EMPTY_CONFIG, type Config, type MailFlowPolicy } from '../shared/config/schemas.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
 
 const policy = (name: string): MailFlowPolicy => ({
@@ -17,6 +17,7 @@ const policy = (name: string): MailFlowPolicy => ({
   smtpAuthRequiresTls: false,
   maxMessageBytes: 26214400,
   maxRecipients: 100,
+  ...DEFAULT_POLICY_LIMITS,
 });
 /**
  * Blocks the event loop for a moment: a command another client has just written to its

@@ -34,7 +34,7 @@ import {
   type SessionState,
   type SessionUser,
 } from '../shared/policy/rules.ts';
-import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy, SmtpReply } from '../shared/config/schemas.ts';
+import { DEFAULT_POLICY_LIMITS, type CertificateAuthProfile, type LdapAuthProfile, type Listener, type MailFlowPolicy, type SmtpReply } from '../shared/config/schemas.ts';
 
 // ================================================================ fixtures
 
@@ -53,6 +53,7 @@ function policy(overrides: Partial<MailFlowPolicy> = {}): MailFlowPolicy {
     smtpAuthRequiresTls: false,
     maxMessageBytes: MAX_BYTES,
     maxRecipients: MAX_RCPT,
+    ...DEFAULT_POLICY_LIMITS,
     ...overrides,
   };
 }

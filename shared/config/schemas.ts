@@ -105,6 +105,36 @@ export const SmtpAuthProfile = Type.Union([LdapAuthProfile, CertificateAuthProfi
 export type SmtpAuthProfile = Static<typeof SmtpAuthProfile>;
 
 // ---------------------------------------------------------------- §2.4 mail flow policies
+/** A limit of §2.4: a positive integer, or `null` for no limit. */
+const Limit = (maximum: number, fallback: number, description: string) =>
+  Type.Union([Type.Integer({ minimum: 1, maximum }), Type.Null()], { default: fallback, description: `${description} (null: no limit)` });
+
+export const ThrottleLimit = Type.Object(
+  {
+    maxFailures: Type.Integer({ minimum: 1, maximum: 1_000_000, description: 'Failed AUTH commands allowed in the window' }),
+    windowSeconds: Type.Integer({ minimum: 1, maximum: 604_800, description: 'Length of the sliding window' }),
+  },
+  { additionalProperties: false },
+);
+export type ThrottleLimit = Static<typeof ThrottleLimit>;
+
+export const AuthFailureThrottle = Type.Object(
+  {
+    perClient: Type.Union([ThrottleLimit, Type.Null()], { default: { maxFailures: 100, windowSeconds: 600 }, description: 'Per client address (IPv6: per /64); null: off' }),
+    perUser: Type.Union([ThrottleLimit, Type.Null()], { default: null, description: 'Per user name as given to AUTH (case-folded); null: off' }),
+  },
+  { additionalProperties: false, description: 'Failed AUTH commands counted across every worker (in Redis); over a limit, AUTH gets 454 4.7.0 without asking the directory' },
+);
+export type AuthFailureThrottle = Static<typeof AuthFailureThrottle>;
+/** The defaults of SPEC §2.4's limits (also what code building a policy by hand starts from). */
+export const DEFAULT_POLICY_LIMITS = {
+  maxMessagesPerConnection: 100,
+  maxConnectionsPerClient: 100,
+  maxAuthFailuresPerConnection: 3,
+  maxBadCommands: 10,
+  authFailureThrottle: { perClient: { maxFailures: 100, windowSeconds: 600 }, perUser: null } as AuthFailureThrottle,
+} as const;
+
 export const MailFlowPolicy = Type.Object(
   {
     name: Name,
@@ -115,6 +145,11 @@ export const MailFlowPolicy = Type.Object(
     smtpAuthRequiresTls: Type.Boolean({ default: false }),
     maxMessageBytes: Type.Integer({ minimum: 1024, maximum: 1_073_741_824, default: 26_214_400 }),
     maxRecipients: Type.Integer({ minimum: 1, maximum: 100_000, default: 100 }),
+    maxMessagesPerConnection: Limit(1_000_000, DEFAULT_POLICY_LIMITS.maxMessagesPerConnection, 'Messages per connection; the next MAIL FROM gets 452 4.5.3'),
+    maxConnectionsPerClient: Limit(1_000_000, DEFAULT_POLICY_LIMITS.maxConnectionsPerClient, 'Concurrent connections from one client address to one worker process; the next gets 421 4.7.0'),
+    maxAuthFailuresPerConnection: Limit(1_000, DEFAULT_POLICY_LIMITS.maxAuthFailuresPerConnection, 'Failed AUTH commands in one session before 421 4.7.0 and close'),
+    maxBadCommands: Limit(1_000, DEFAULT_POLICY_LIMITS.maxBadCommands, 'Unknown or out-of-sequence commands in one session before 421 4.7.0 and close'),
+    authFailureThrottle: Type.Union([AuthFailureThrottle], { default: DEFAULT_POLICY_LIMITS.authFailureThrottle }),
   },
   { $id: 'MailFlowPolicy', additionalProperties: false },
 );
@@ -163,6 +198,11 @@ export const Listener = Type.Object(
     defaultPolicy: Name,
     acceptedDomains: Type.Array(Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.-]+$' }), { maxItems: 10_000, default: [] }),
     nextHop: NextHop,
+    maxConnections: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Open connections per worker process; the next gets 421 4.3.2 (checked before any TLS handshake)' }),
+    idleTimeoutSeconds: Type.Integer({
+      minimum: 1, maximum: 3600, default: 300,
+      description: 'A session that completes no command for this long (inside DATA: sends nothing) gets 421 4.4.2 and is closed',
+    }),
     enabled: Type.Boolean({ default: true }),
   },
   { $id: 'Listener', additionalProperties: false },

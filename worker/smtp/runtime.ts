@@ -2,7 +2,7 @@
 // authentication setup with the fallback resolved, and its parsed client CAs.
 import type { AuthSetup } from '../../shared/policy/rules.ts';
 import { selectPolicyName } from '../../shared/policy/rules.ts';
-import type { Config, Listener, MailFlowPolicy } from '../../shared/config/schemas.ts';
+import { DEFAULT_POLICY_LIMITS, type Config, type Listener, type MailFlowPolicy } from '../../shared/config/schemas.ts';
 import { parsePemCertificates } from '../../shared/pki/certificate.ts';
 import type { ListenerRuntime } from './session.ts';
 
@@ -12,7 +12,7 @@ import type { ListenerRuntime } from './session.ts';
  */
 const MISSING_POLICY: MailFlowPolicy = {
   name: '(missing)', action: 'reject', tls: 'off', verifyClientCertificate: false, requireSmtpAuth: true,
-  smtpAuthRequiresTls: false, maxMessageBytes: 1024, maxRecipients: 1,
+  smtpAuthRequiresTls: false, maxMessageBytes: 1024, maxRecipients: 1, ...DEFAULT_POLICY_LIMITS,
 };
 
 export function buildRuntime(listener: Listener, config: Config): ListenerRuntime {
