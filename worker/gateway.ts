@@ -11,7 +11,7 @@ import { DirectoryRegistry } from './directories.ts';
 import { buildRuntime } from './smtp/runtime.ts';
 import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
-import { relayMessage } from './relay/next-hop.ts';
+import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
 import type { CrlSettings } from '../shared/config/schemas.ts';
 import type { ListenerRuntime, RevocationCheck, SessionDeps } from './smtp/session.ts';
@@ -49,6 +49,8 @@ export class Gateway {
   private readonly sub: Redis;
   private readonly running = new Map<string, RunningListener>();
   private readonly directories: DirectoryRegistry;
+  /** Next-hop connections kept between messages (worker/relay/pool.ts). */
+  private readonly pool: NextHopPool;
   private readonly deps: SessionDeps;
   private version = -1;
   private crlSettings: CrlSettings | null = null;
@@ -66,6 +68,7 @@ export class Gateway {
     this.sub = new Redis(o.redisUrl, { lazyConnect: true });
     this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
     this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
+    this.pool = new NextHopPool({}, (reused) => o.metrics.nextHopConnections.inc({ connection: reused ? 'reused' : 'new' }));
     this.directories = new DirectoryRegistry((q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000));
     this.deps = {
       workerId: o.workerId,
@@ -80,7 +83,7 @@ export class Gateway {
         const verdict = this.revocation(chain, 'outboundSmtpTls');
         return verdict.status === 'revoked' || verdict.status === 'crl-expired' ? verdict.status : null;
       },
-      relay: relayMessage,
+      relay: this.pool.relay,
       observe: {
         auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
         relay: (outcome) => o.metrics.relay.inc({ outcome }),
@@ -234,6 +237,7 @@ export class Gateway {
     await this.applying;
     for (const name of [...this.running.keys()]) await this.stopListener(name);
     await Promise.all(this.draining);
+    this.pool.close();
     await this.redis.hdel(keys.workers, this.o.workerId).catch(() => undefined);
     await this.directories.close();
     this.sub.disconnect();

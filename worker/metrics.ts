@@ -8,6 +8,12 @@ export class WorkerMetrics {
   readonly activeSessions = new Gauge({ name: 'certgate_smtp_sessions_active', help: 'SMTP sessions open now', registers: [this.registry] });
   readonly auth = new Counter({ name: 'certgate_auth_total', help: 'Authentication decisions', labelNames: ['method', 'outcome', 'reason'], registers: [this.registry] });
   readonly relay = new Counter({ name: 'certgate_relay_total', help: 'Messages by relay outcome', labelNames: ['outcome'], registers: [this.registry] });
+  readonly nextHopConnections = new Counter({
+    name: 'certgate_next_hop_connections_total',
+    help: 'Relayed messages by next-hop connection: a kept one reused, or none kept (a new one opened)',
+    labelNames: ['connection'],
+    registers: [this.registry],
+  });
   readonly ldap = new Histogram({
     name: 'certgate_ldap_duration_seconds', help: 'LDAP operation latency', labelNames: ['kind', 'ok'],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],

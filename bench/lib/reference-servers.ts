@@ -1,7 +1,8 @@
 // The references bench/smtp.ts compares certgate with, in their own child process (fork,
 // IPC) as certgate's worker is in its own:
 // - `smtpAuth`: a bare smtp-server with the listener's certificate, STARTTLS, AUTH PLAIN
-//   accepted without any check, each message relayed with worker/next-hop.ts relayMessage;
+//   accepted without any check, each message relayed with worker/relay/next-hop.ts through a
+//   NextHopPool (kept next-hop connections, as certgate's worker does and Postfix does);
 // - `smtpCert`: the same with `requestCert` (client CA as in certgate) and no AUTH;
 // - `tlsBare`: a bare Node TLS server, implicit TLS, `requestCert`, that ends each socket
 //   right after its handshake (the reference of the certificate-handshake target).
@@ -9,7 +10,8 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { relayMessage, type NextHopTarget } from '../../worker/relay/next-hop.ts';
+import type { NextHopTarget } from '../../worker/relay/next-hop.ts';
+import { NextHopPool } from '../../worker/relay/pool.ts';
 
 export interface ReferenceConfig {
   certPem: string;
@@ -40,6 +42,8 @@ function listen(server: net.Server): Promise<number> {
   });
 }
 
+const pool = new NextHopPool();
+
 function smtpReference(c: ReferenceConfig, withClientCert: boolean): SMTPServer {
   const target: NextHopTarget = { host: '127.0.0.1', port: c.sinkPort, tls: 'none', caPem: null, heloName: c.hostname };
   const options: SMTPServerOptions = {
@@ -63,7 +67,7 @@ function smtpReference(c: ReferenceConfig, withClientCert: boolean): SMTPServer 
         }),
     onData(stream, session, cb) {
       const env = session.envelope;
-      relayMessage(
+      pool.relay(
         target,
         { from: env.mailFrom ? env.mailFrom.address : '', to: env.rcptTo.map((r) => r.address), smtpUtf8: false, body8bit: false },
         Buffer.alloc(0),
@@ -108,6 +112,7 @@ async function start(c: ReferenceConfig): Promise<ReferencePorts> {
 }
 
 async function shutdown(): Promise<never> {
+  pool.close();
   // Bounded: idle servers close at once; never wait for stragglers beyond 2 s.
   await Promise.race([Promise.all(closers.map((c) => c())), new Promise((r) => setTimeout(r, 2000))]);
   process.exit(0);

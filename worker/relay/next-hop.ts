@@ -24,6 +24,14 @@
  *   client does not read it as certgate closing its own session.
  * - The final reply after the dot waits `finalReplyTimeoutMs` (default 10 min, RFC 5321
  *   §4.5.3.2.6): timing out there while the next hop may still accept would risk duplicates.
+ * - Connection reuse (with a LinkCache, worker/relay/pool.ts): a pooled connection starts each
+ *   message with RSET (pipelined with MAIL and RCPT when offered). It is retried once on a fresh
+ *   connection only when it broke before any byte of the message was written (closed, timed out,
+ *   421, RSET refused): the next hop cannot have accepted the message then. A failure after the
+ *   354 is the client's answer, never a retry. The outboundSmtpTls check runs on every new
+ *   connection's chain and again on the kept chain at every reuse (revocation can change while a
+ *   connection is pooled). A connection is kept only after a transaction that ended in a known
+ *   state (accepted, or refused with 4xx/5xx other than 421) with nothing left unread.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -79,6 +87,8 @@ class NextHopRejected extends Error {
   constructor(
     readonly reply: SmtpReply,
     readonly stage: RelayStage,
+    /** The next hop said 421: it closes this connection (the reply is already rewritten to 451). */
+    readonly closing = false,
   ) {
     super(`${reply.code} ${reply.text}`);
     this.name = 'NextHopRejected';
@@ -267,6 +277,11 @@ class Connection {
 
   get isFailed(): boolean {
     return this.failure !== null;
+  }
+
+  /** Alive, and nothing unread: no reply (a 421 before closing) arrived since the last command. */
+  get clean(): boolean {
+    return this.failure === null && this.replies.length === 0 && this.parser.buffered === 0;
   }
 
   fail(reason: string): void {
@@ -474,7 +489,7 @@ const firstLine = (text: string): string => text.split('\n', 1)[0]!;
 function expectReply(reply: SmtpReply, ok: (code: number) => boolean, stage: RelayStage, what: string): void {
   if (ok(reply.code)) return;
   // 421 means the next hop closes; the client must not read it as certgate closing.
-  if (reply.code === 421) throw new NextHopRejected({ code: 451, text: reply.text }, stage);
+  if (reply.code === 421) throw new NextHopRejected({ code: 451, text: reply.text }, stage, true);
   if (reply.code >= 400) throw new NextHopRejected(reply, stage);
   throw new NextHopUnavailable(`unexpected reply to ${what} from next hop: ${reply.code} ${firstLine(reply.text)}`);
 }
@@ -492,44 +507,127 @@ function preflight(target: NextHopTarget, envelope: RelayEnvelope): NextHopRejec
   return null;
 }
 
-class RelaySession {
-  private conn: Connection | null = null;
+/**
+ * An open connection to a next hop after greeting, EHLO and (when used) STARTTLS: what a mail
+ * transaction needs, and what a pool keeps between messages.
+ */
+export class Link {
+  /** Mail transactions begun on this connection. */
+  transactions = 0;
+  readonly openedAt = Date.now();
+
+  constructor(
+    readonly conn: Connection,
+    readonly caps: Capabilities,
+    /** The next hop's certificate chain (leaf first) when the connection is TLS; checked again at every reuse. */
+    readonly chain: X509Certificate[] | null,
+  ) {}
+
+  /** Alive and between transactions with nothing unread. */
+  get reusable(): boolean {
+    return this.conn.clean;
+  }
+
+  /** QUIT politely, then close; never throws. */
+  quit(): void {
+    void this.conn.quit();
+  }
+}
+
+/**
+ * Keeps links between messages (worker/relay/pool.ts). `take` gives a link only to a target with
+ * the same key (same host, port, TLS mode, CA and HELO name); `give` keeps or closes it.
+ */
+export interface LinkCache {
+  take(key: string): Link | null;
+  give(key: string, link: Link): void;
+}
+
+/** What makes two targets share connections: everything that shaped the connection's setup. */
+export function linkKey(t: NextHopTarget): string {
+  return `${t.tls} ${t.host} ${t.port} ${t.heloName}\n${t.caPem ?? ''}`;
+}
+
+interface Outcome {
+  result: RelayResult;
+  /** The pooled connection broke before the next hop could have accepted this message: try a fresh one. */
+  retry: boolean;
+  /** The connection is set up and its transaction ended in a known state: it may carry another message. */
+  keep: boolean;
+}
+
+/**
+ * One attempt at relaying one message over one connection: a fresh one (connect, greeting,
+ * EHLO, TLS) or a pooled one (RSET first). Afterwards the connection goes back to the cache
+ * when the transaction ended in a known state, else it is closed.
+ */
+class Attempt {
   private stage: RelayStage = 'connect';
+  private link: Link | null;
   /** Between the 354 and the final dot: closing now must not look like an end of data. */
   private inData = false;
+  /** The first byte of the message was written: from here on the next hop may take it, never retry. */
+  private messageStarted = false;
+  /** The pooled connection answered RSET with anything but 250: its state is unknown. */
+  private staleReset = false;
+  /** Set up (greeting, EHLO, TLS done): a failure before this leaves a connection no one may reuse. */
+  private ready: boolean;
   private readonly stepMs: number;
 
   constructor(
     private readonly target: NextHopTarget,
     private readonly envelope: RelayEnvelope,
+    private readonly pooled: Link | null,
   ) {
+    this.link = pooled;
+    this.ready = pooled !== null;
     this.stepMs = target.timeoutMs ?? DEFAULT_STEP_MS;
   }
 
-  async run(prefix: Buffer, message: NodeJS.ReadableStream, state: MessageState): Promise<RelayResult> {
-    const early = preflight(this.target, this.envelope);
-    if (early) throw early;
-    const conn = await this.connect();
-    let caps = await this.hello(conn);
-    if (this.target.tls !== 'none') caps = await this.secure(conn, caps);
+  async run(prefix: Buffer, message: NodeJS.ReadableStream, state: MessageState): Promise<Outcome> {
+    let lastError: unknown = null;
+    let result: RelayResult;
+    try {
+      result = await this.transaction(prefix, message, state);
+    } catch (err) {
+      lastError = err;
+      result = this.failureResult(err);
+    }
+    const link = this.link;
+    const broken = link !== null && (link.conn.isFailed || this.staleReset || (lastError instanceof NextHopRejected && lastError.closing));
+    // Only failures before any byte of the message was written: the next hop cannot have taken it.
+    const retry = this.pooled !== null && !this.messageStarted && broken;
+    const known = result.accepted || (lastError instanceof NextHopRejected && !lastError.closing);
+    return { result, retry, keep: this.ready && known && !this.inData && !broken };
+  }
+
+  private async transaction(prefix: Buffer, message: NodeJS.ReadableStream, state: MessageState): Promise<RelayResult> {
+    const link = this.link ?? (this.link = await this.open());
+    this.ready = true;
+    link.transactions++;
     this.stage = 'mail';
-    await this.sendEnvelope(conn, caps);
+    await this.sendEnvelope(link, this.pooled !== null);
     this.stage = 'data';
     // The client's transfer already failed: do not start a DATA that could only be aborted.
     if (state.settled && state.error) throw messageFailure(state.error);
-    expectReply(await conn.command('DATA', this.stepMs), (c) => c === 354, 'data', 'DATA');
+    expectReply(await link.conn.command('DATA', this.stepMs), (c) => c === 354, 'data', 'DATA');
     this.stage = 'message';
-    await this.transmit(conn, prefix, message, state);
-    const final = await conn.read(this.target.finalReplyTimeoutMs ?? DEFAULT_FINAL_REPLY_MS, 'end of DATA');
+    await this.transmit(link.conn, prefix, message, state);
+    const final = await link.conn.read(this.target.finalReplyTimeoutMs ?? DEFAULT_FINAL_REPLY_MS, 'end of DATA');
     expectReply(final, isPositive, 'message', 'end of DATA');
     return { accepted: true, reply: final };
   }
 
-  private async connect(): Promise<Connection> {
+  /** Connect, greeting, EHLO and, unless `tls: none`, STARTTLS with the certificate checks. */
+  private async open(): Promise<Link> {
     const { host, port } = this.target;
-    this.conn = await Connection.open(host, port, Math.min(this.stepMs, MAX_CONNECT_MS));
-    expectReply(await this.conn.read(this.stepMs, 'greeting'), isPositive, 'connect', 'greeting');
-    return this.conn;
+    const conn = await Connection.open(host, port, Math.min(this.stepMs, MAX_CONNECT_MS));
+    // Kept before the first await that can throw, so that close() also ends a failed setup.
+    this.link = new Link(conn, NO_CAPABILITIES, null);
+    expectReply(await conn.read(this.stepMs, 'greeting'), isPositive, 'connect', 'greeting');
+    const caps = await this.hello(conn);
+    if (this.target.tls === 'none') return new Link(conn, caps, null);
+    return this.secure(conn, caps);
   }
 
   /** EHLO, falling back to HELO (no extensions) when EHLO is refused with 5xx. */
@@ -542,22 +640,23 @@ class RelaySession {
     return { ...NO_CAPABILITIES };
   }
 
-  private async secure(conn: Connection, caps: Capabilities): Promise<Capabilities> {
+  private async secure(conn: Connection, caps: Capabilities): Promise<Link> {
     const required = this.target.tls === 'required';
     this.stage = 'tls';
     if (!caps.startTls) {
       if (required) throw new NextHopUnavailable('next hop does not offer STARTTLS');
-      return caps;
+      return new Link(conn, caps, null);
     }
     const reply = await conn.command('STARTTLS', this.stepMs);
     if (reply.code !== 220) {
       if (required) throw new NextHopUnavailable(`next hop refused STARTTLS: ${reply.code} ${firstLine(reply.text)}`);
-      return caps;
+      return new Link(conn, caps, null);
     }
     const socket = await conn.startTls(this.tlsOptions(), this.stepMs);
-    await this.checkCertificate(socket);
+    const chain = peerChain(socket);
+    await checkCertificate(this.target, chain);
     // RFC 3207 §4.2: everything learnt before TLS is discarded.
-    return this.hello(conn);
+    return new Link(conn, await this.hello(conn), chain);
   }
 
   private tlsOptions(): tls.ConnectionOptions {
@@ -570,18 +669,6 @@ class RelaySession {
       rejectUnauthorized: verify,
       checkServerIdentity: verify ? (_name, cert) => tls.checkServerIdentity(host, cert) : () => undefined,
     };
-  }
-
-  private async checkCertificate(socket: tls.TLSSocket): Promise<void> {
-    const check = this.target.checkServerCertificate;
-    if (!check) return;
-    let reason: string | null;
-    try {
-      reason = await check(peerChain(socket));
-    } catch (err) {
-      reason = `check failed: ${(err as Error).message}`;
-    }
-    if (reason !== null) throw new NextHopUnavailable(`next hop certificate ${reason}`);
   }
 
   private mailParams(caps: Capabilities): string {
@@ -604,20 +691,42 @@ class RelaySession {
     }
   }
 
-  /** MAIL and every RCPT (pipelined when offered); any refusal aborts the whole message. */
-  private async sendEnvelope(conn: Connection, caps: Capabilities): Promise<void> {
+  /**
+   * [RSET on a pooled connection,] MAIL and every RCPT, pipelined when offered; any refusal aborts
+   * the whole message. After a refusal the replies still due are read, so the connection stays
+   * reusable (a failure while reading them only means it is not kept).
+   */
+  private async sendEnvelope(link: Link, reset: boolean): Promise<void> {
+    const { conn, caps } = link;
     this.checkAgainst(caps);
-    const mail = `MAIL FROM:<${this.envelope.from}>${this.mailParams(caps)}`;
-    const rcpts = this.envelope.to.map((r) => `RCPT TO:<${r}>`);
-    if (caps.pipelining) conn.write([mail, ...rcpts].map((l) => `${l}\r\n`).join(''));
-    const readOrSend = (line: string): Promise<SmtpReply> => (caps.pipelining ? conn.read(this.stepMs, line.split(':', 1)[0]!) : conn.command(line, this.stepMs));
-    expectReply(await readOrSend(mail), isPositive, 'mail', 'MAIL');
-    this.stage = 'rcpt';
-    for (const rcpt of rcpts) expectReply(await readOrSend(rcpt), isPositive, 'rcpt', 'RCPT');
+    const lines = [`MAIL FROM:<${this.envelope.from}>${this.mailParams(caps)}`, ...this.envelope.to.map((r) => `RCPT TO:<${r}>`)];
+    if (reset) lines.unshift('RSET');
+    if (caps.pipelining) conn.write(lines.map((l) => `${l}\r\n`).join(''));
+    for (const [i, line] of lines.entries()) {
+      const reply = caps.pipelining ? await conn.read(this.stepMs, verb(line)) : await conn.command(line, this.stepMs);
+      try {
+        this.judgeEnvelopeReply(reply, reset ? i - 1 : i);
+      } catch (err) {
+        if (caps.pipelining) await drainReplies(conn, lines.length - i - 1);
+        throw err;
+      }
+    }
+  }
+
+  /** `index`: -1 for RSET, 0 for MAIL, then the RCPTs. */
+  private judgeEnvelopeReply(reply: SmtpReply, index: number): void {
+    if (index === -1) {
+      if (isPositive(reply.code)) return;
+      this.staleReset = true;
+      throw new NextHopUnavailable(`next hop refused RSET on a reused connection: ${reply.code} ${firstLine(reply.text)}`);
+    }
+    if (index > 0) this.stage = 'rcpt';
+    expectReply(reply, isPositive, index === 0 ? 'mail' : 'rcpt', index === 0 ? 'MAIL' : 'RCPT');
   }
 
   private async transmit(conn: Connection, prefix: Buffer, message: NodeJS.ReadableStream, state: MessageState): Promise<void> {
     this.inData = true;
+    this.messageStarted = true;
     const stuffer = new DotStuffer();
     conn.write(stuffer.push(prefix));
     await conn.drained(this.stepMs);
@@ -626,18 +735,44 @@ class RelaySession {
     this.inData = false;
   }
 
-  failureResult(err: unknown): RelayResult {
+  private failureResult(err: unknown): RelayResult {
     if (err instanceof NextHopRejected) return { accepted: false, reply: err.reply, stage: err.stage };
     if (err instanceof NextHopUnavailable) return { accepted: false, reply: err.reply, stage: this.stage };
     return { accepted: false, reply: new NextHopUnavailable(`internal error: ${String(err)}`).reply, stage: this.stage };
   }
 
-  /** Mid-DATA only a dropped connection keeps the next hop from taking a partial message. */
-  close(): void {
-    if (!this.conn) return;
-    if (this.inData) this.conn.destroy();
-    else void this.conn.quit();
+  /** Gives the connection back when `keep`; mid-DATA only a dropped connection keeps the next hop from taking a partial message. */
+  finish(keep: boolean, cache: LinkCache | undefined, key: string): void {
+    const link = this.link;
+    if (!link) return;
+    if (keep && cache) cache.give(key, link);
+    else if (this.inData) link.conn.destroy();
+    else link.quit();
   }
+}
+
+const verb = (line: string): string => line.split(/[ :]/, 1)[0]!;
+
+/** Reads `count` pipelined replies after a refusal; never throws (a failed connection is simply not kept). */
+async function drainReplies(conn: Connection, count: number): Promise<void> {
+  try {
+    for (let i = 0; i < count && !conn.isFailed; i++) await conn.read(QUIT_MS, 'pipelined command');
+  } catch {
+    // The refusal is the answer; the connection is closed instead of kept.
+  }
+}
+
+/** The outboundSmtpTls check (revocation) of the next hop's chain: on a new connection and at every reuse. */
+async function checkCertificate(target: NextHopTarget, chain: X509Certificate[]): Promise<void> {
+  const check = target.checkServerCertificate;
+  if (!check) return;
+  let reason: string | null;
+  try {
+    reason = await check(chain);
+  } catch (err) {
+    reason = `check failed: ${(err as Error).message}`;
+  }
+  if (reason !== null) throw new NextHopUnavailable(`next hop certificate ${reason}`);
 }
 
 /** The verified or presented chain, leaf first, as the TLS layer reports it. */
@@ -653,29 +788,68 @@ function peerChain(socket: tls.TLSSocket): X509Certificate[] {
   return chain;
 }
 
+/** A pooled link that may carry this message: alive, and its certificate still passes the check. */
+async function takeLink(cache: LinkCache, key: string, target: NextHopTarget): Promise<Link | null> {
+  const link = cache.take(key);
+  if (!link?.chain) return link;
+  try {
+    await checkCertificate(target, link.chain);
+    return link;
+  } catch {
+    // e.g. the certificate was revoked since the connection was made: a fresh connection
+    // runs the check again and gives the client the reason.
+    link.quit();
+    return null;
+  }
+}
+
 /**
  * Relays one message to the next hop. Never throws: every failure is a RelayResult with the
  * next hop's 4xx/5xx or `451 4.4.1 <reason>`. Resolves only after `message` has been read to
  * its end (or failed), so the caller can answer the client right away.
+ *
+ * With a `cache`, a pooled connection is used first (RSET, then the transaction). When it turns
+ * out broken (closed, timed out, 421, RSET refused) before the first byte of the message was
+ * written, the message is tried once more on a fresh connection: the next hop cannot have
+ * accepted it yet, so nothing is delivered twice. Once the message is under way, a failure is
+ * the client's answer (451), never a retry.
  */
 export async function relayMessage(
   target: NextHopTarget,
   envelope: RelayEnvelope,
   prefix: Buffer,
   message: NodeJS.ReadableStream,
+  cache?: LinkCache,
 ): Promise<RelayResult> {
   const state = watchMessage(message);
-  const session = new RelaySession(target, envelope);
-  let result: RelayResult;
-  try {
-    result = await session.run(prefix, message, state);
-  } catch (err) {
-    result = session.failureResult(err);
-  }
-  session.close();
+  const result = await relay(target, envelope, prefix, message, state, cache);
   // Whatever happened, read the client's message to its end: it waits for our reply only
   // after its own DATA transfer completed. Without 'data' listeners, resume() discards.
   message.resume();
   await state.done;
   return result;
+}
+
+async function relay(
+  target: NextHopTarget,
+  envelope: RelayEnvelope,
+  prefix: Buffer,
+  message: NodeJS.ReadableStream,
+  state: MessageState,
+  cache: LinkCache | undefined,
+): Promise<RelayResult> {
+  const early = preflight(target, envelope);
+  if (early) return { accepted: false, reply: early.reply, stage: early.stage };
+  const key = cache ? linkKey(target) : '';
+  const pooled = cache ? await takeLink(cache, key, target) : null;
+  if (pooled) {
+    const attempt = new Attempt(target, envelope, pooled);
+    const outcome = await attempt.run(prefix, message, state);
+    attempt.finish(outcome.keep, cache, key);
+    if (!outcome.retry) return outcome.result;
+  }
+  const attempt = new Attempt(target, envelope, null);
+  const outcome = await attempt.run(prefix, message, state);
+  attempt.finish(outcome.keep, cache, key);
+  return outcome.result;
 }
