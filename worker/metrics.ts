@@ -7,6 +7,10 @@ export class WorkerMetrics {
   readonly sessions = new Counter({ name: 'certgate_smtp_sessions_total', help: 'SMTP sessions accepted', labelNames: ['listener'], registers: [this.registry] });
   readonly activeSessions = new Gauge({ name: 'certgate_smtp_sessions_active', help: 'SMTP sessions open now', registers: [this.registry] });
   readonly auth = new Counter({ name: 'certgate_auth_total', help: 'Authentication decisions', labelNames: ['method', 'outcome', 'reason'], registers: [this.registry] });
+  /** §2.4 authFailureThrottle: AUTH commands refused with 454 before the directory was asked, by the count that refused them. */
+  readonly authThrottled = new Counter({
+    name: 'certgate_auth_throttled_total', help: 'AUTH commands refused by authFailureThrottle', labelNames: ['scope'], registers: [this.registry],
+  });
   readonly relay = new Counter({ name: 'certgate_relay_total', help: 'Messages by relay outcome', labelNames: ['outcome'], registers: [this.registry] });
   readonly nextHopConnections = new Counter({
     name: 'certgate_next_hop_connections_total',

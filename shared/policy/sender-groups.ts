@@ -109,3 +109,20 @@ export function matchesCidr(address: string, cidr: string | Cidr): boolean {
   }
   return inNetwork(MAPPED_PREFIX | client.value, 128, range);
 }
+
+/** Per-client limits count IPv6 clients by this prefix: one host holds a whole /64 and rotates privacy addresses inside it. */
+const CLIENT_IPV6_PREFIX = 64;
+
+/**
+ * The client as per-client limits count it (§2.4 maxConnectionsPerClient, authFailureThrottle
+ * perClient): an IPv4 address, or an IPv4-mapped IPv6 one, as the IPv4 address; any other
+ * IPv6 address as its /64 network (`2001:db8:1:2::/64`). Anything unparsable as itself.
+ */
+export function clientKey(address: string): string {
+  const parsed = parseAddress(address);
+  if (!parsed) return address;
+  if (parsed.family === 4) return formatAddress(4, parsed.value);
+  if (parsed.value >> 32n === MAPPED_PREFIX >> 32n) return formatAddress(4, parsed.value & 0xffffffffn);
+  const hostBits = BigInt(BITS[6] - CLIENT_IPV6_PREFIX);
+  return `${formatAddress(6, (parsed.value >> hostBits) << hostBits)}/${CLIENT_IPV6_PREFIX}`;
+}

@@ -23,6 +23,11 @@ export const keys = {
   crlChannel: `${P}crl:changed`,
   /** Lock held while a source downloads, so two schedulers never fetch it at once. */
   crlLock: (source: string) => `${P}crl:${source}:lock`,
+  /**
+   * Prefix of the failed-AUTH counters of §2.4 authFailureThrottle (`<prefix>:<scope>:<window>:<key>:<bucket>`,
+   * integers with an expiry). Written and read by the workers only (worker/auth-throttle.ts).
+   */
+  authFailures: `${P}authfail`,
 } as const;
 
 /** BullMQ queue name for CRL downloads. */
