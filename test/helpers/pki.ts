@@ -83,6 +83,8 @@ export interface ServerOptions {
   notBefore?: Date;
   notAfter?: Date;
   keyType?: KeyType;
+  /** Authority Information Access OCSP URL. */
+  ocspUrl?: string;
 }
 
 export interface ClientOptions {
@@ -106,6 +108,8 @@ export interface ClientOptions {
   /** Raw `-subj` components put before the CN; default '/C=US/O=certgate test/OU=PKI'. */
   subjectBase?: string;
   keyType?: KeyType;
+  /** Authority Information Access OCSP URL (any scheme: tests put in what they need). */
+  ocspUrl?: string;
 }
 
 export interface RevokedEntry {
@@ -225,6 +229,11 @@ function bigSerial(i: number): string {
   let hi = mix32(2 * i + 1);
   if (hi >>> 24 === 0) hi = (hi | 0x80000000) >>> 0;
   return hex8(hi) + hex8(mix32(2 * i + 2));
+}
+
+/** The authorityInfoAccess line for an OCSP URL, or nothing. */
+function aia(ocspUrl: string | undefined): string[] {
+  return ocspUrl === undefined ? [] : [`authorityInfoAccess = OCSP;URI:${cnfValue(ocspUrl)}`];
 }
 
 function pemToDer(pem: string, label: string): Buffer {
@@ -368,6 +377,7 @@ export async function createPki(dirOrOpts?: string | { dir?: string; keyType?: K
         'extendedKeyUsage = serverAuth',
         'subjectKeyIdentifier = hash',
         'authorityKeyIdentifier = keyid',
+        ...aia(o.ocspUrl),
         'subjectAltName = @alt',
         '[alt]',
         ...alt,
@@ -384,6 +394,7 @@ export async function createPki(dirOrOpts?: string | { dir?: string; keyType?: K
     const ext = ['basicConstraints = CA:FALSE', 'subjectKeyIdentifier = hash', 'authorityKeyIdentifier = keyid'];
     if (ku) ext.push(`keyUsage = ${ku}`);
     if (eku) ext.push(`extendedKeyUsage = ${eku}`);
+    ext.push(...aia(o.ocspUrl));
     const alt: string[] = [];
     if (email !== null) alt.push(`email.1 = ${cnfValue(email)}`);
     if (upn !== null) alt.push(`otherName.1 = ${OID_UPN};FORMAT:UTF8,UTF8:${cnfValue(upn)}`);
