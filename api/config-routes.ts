@@ -1,7 +1,7 @@
-// The configuration as a whole (`/v1/config`: export and atomic import) and the CRL
-// settings singleton (`/v1/crl-settings`).
+// The configuration as a whole (`/v1/config`: export and atomic import) and the settings
+// singletons (`/v1/crl-settings`, `/v1/ocsp-settings`).
 import type { FastifyRequest } from 'fastify';
-import { Config, CrlSettings } from '../shared/config/schemas.ts';
+import { Config, CrlSettings, OcspSettings } from '../shared/config/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { ConfigExport, errorResponses, fillDefaults, ref } from './http-schemas.ts';
 import { mergeConfigSecrets, redactConfig } from './secrets.ts';
@@ -45,35 +45,49 @@ export function registerConfigRoutes(app: App, ctx: ApiContext): void {
     },
   );
 
+  registerSettings(app, ctx, { path: '/v1/crl-settings', field: 'crlSettings', kind: 'crl-settings', schema: CrlSettings, tag: 'crl-sources', name: 'CrlSettings', what: 'the CRL settings' });
+  registerSettings(app, ctx, { path: '/v1/ocsp-settings', field: 'ocspSettings', kind: 'ocsp-settings', schema: OcspSettings, tag: 'ocsp', name: 'OcspSettings', what: 'the OCSP settings' });
+}
+
+interface SettingsRoute {
+  path: string;
+  field: 'crlSettings' | 'ocspSettings';
+  /** The audit entry's kind. */
+  kind: string;
+  schema: typeof CrlSettings | typeof OcspSettings;
+  tag: string;
+  /** Suffix of the operation ids (getCrlSettings, replaceCrlSettings). */
+  name: string;
+  what: string;
+}
+
+/** GET and PUT of a settings singleton of the configuration, audited and versioned like every write. */
+function registerSettings(app: App, ctx: ApiContext, r: SettingsRoute): void {
   app.get(
-    '/v1/crl-settings',
-    { schema: { tags: ['crl-sources'], operationId: 'getCrlSettings', summary: 'Get the CRL settings', response: { 200: ref(CrlSettings), ...errorResponses(401) } } },
+    r.path,
+    { schema: { tags: [r.tag], operationId: `get${r.name}`, summary: `Get ${r.what}`, response: { 200: ref(r.schema), ...errorResponses(401) } } },
     async (_request, reply) => {
       const config = await ctx.config.get();
       setVersion(reply, config.version);
-      return config.crlSettings;
+      return config[r.field] as never; // the response schema is the field's; TypeScript cannot pair them
     },
   );
 
   app.put(
-    '/v1/crl-settings',
+    r.path,
     {
-      preValidation: fillDefaults(CrlSettings),
+      preValidation: fillDefaults(r.schema),
       schema: {
-        tags: ['crl-sources'],
-        operationId: 'replaceCrlSettings',
-        summary: 'Replace the CRL settings',
-        body: ref(CrlSettings),
-        response: { 200: ref(CrlSettings), ...errorResponses(400, 401, 403, 412) },
+        tags: [r.tag],
+        operationId: `replace${r.name}`,
+        summary: `Replace ${r.what}`,
+        body: ref(r.schema),
+        response: { 200: ref(r.schema), ...errorResponses(400, 401, 403, 412) },
       },
     },
     async (request, reply) => {
-      const written = await ctx.write(request, reply, (c) => ({ ...c, crlSettings: request.body }), {
-        kind: 'crl-settings',
-        name: null,
-        action: 'replace',
-      });
-      return written.crlSettings;
+      const written = await ctx.write(request, reply, (c) => ({ ...c, [r.field]: request.body }), { kind: r.kind, name: null, action: 'replace' });
+      return written[r.field] as never;
     },
   );
 }

@@ -14,6 +14,7 @@ const TAGS = [
   { name: 'mail-flow-policies', description: 'What a session may do (SPEC §2.4)' },
   { name: 'listeners', description: 'SMTP listeners of the workers (SPEC §2.5)' },
   { name: 'crl-sources', description: 'Certificate revocation lists and their settings (SPEC §2.6)' },
+  { name: 'ocsp', description: 'Online revocation checking by OCSP (SPEC §2.6b)' },
   { name: 'config', description: 'The whole configuration at once' },
   { name: 'tokens', description: 'API bearer tokens' },
   { name: 'status', description: 'Health, metrics, change log, session events, workers' },

@@ -95,6 +95,7 @@ describe('API authentication', () => {
       ['DELETE', '/v1/listeners/by-ci', undefined],
       ['PUT', '/v1/config', {}],
       ['PUT', '/v1/crl-settings', {}],
+      ['PUT', '/v1/ocsp-settings', {}],
       ['POST', '/v1/tokens', { name: 'escalate', role: 'admin' }],
       ['DELETE', '/v1/tokens/ci', undefined],
     ] as const) {

@@ -193,6 +193,31 @@ describe('configuration resources', () => {
     assert.match(bad.body.message, /body\/onExpiredCrl/);
   });
 
+  test('GET/PUT /v1/ocsp-settings: SPEC defaults, a partial PUT fills them, audited and versioned', async () => {
+    const defaults = {
+      inboundSmtpTls: false, outboundSmtpTls: false, webInterface: false, responderUrl: null, responderCaPem: null,
+      timeoutMs: 3000, maxCacheSeconds: 3600, onUnavailable: 'use-crl', sendNonce: false,
+    };
+    const initial = await api.call('GET', '/v1/ocsp-settings');
+    assert.equal(initial.status, 200);
+    assert.deepEqual(initial.body, defaults);
+    assert.equal(initial.headers.etag, `"${await api.version()}"`);
+    const put = await api.call('PUT', '/v1/ocsp-settings', { inboundSmtpTls: true, responderUrl: 'http://ocsp.example.mil/', onUnavailable: 'reject', sendNonce: true });
+    assert.equal(put.status, 200, put.text);
+    const expected = { ...defaults, inboundSmtpTls: true, responderUrl: 'http://ocsp.example.mil/', onUnavailable: 'reject', sendNonce: true };
+    assert.deepEqual(put.body, expected);
+    assert.equal(put.headers.etag, `"${await api.version()}"`);
+    assert.deepEqual((await api.call('GET', '/v1/ocsp-settings')).body, expected);
+    assert.deepEqual((await api.call('GET', '/v1/config')).body.ocspSettings, expected, 'part of the exported configuration');
+    const audit = await api.call('GET', '/v1/audit?limit=1');
+    assert.equal(audit.body.items[0].kind, 'ocsp-settings');
+    assert.equal(audit.body.items[0].action, 'replace');
+    const bad = await api.call('PUT', '/v1/ocsp-settings', { onUnavailable: 'ignore' });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.message, /body\/onUnavailable/);
+    await api.call('PUT', '/v1/ocsp-settings', {});
+  });
+
   test('LDAP test and CRL refresh: 404 for an unknown name, 400 for a bad body', async () => {
     assert.equal((await api.call('POST', '/v1/ldap-profiles/nope/test', { query: 'certificate', certificatePem: 'x' })).status, 404);
     const badQuery = await api.call('POST', '/v1/ldap-profiles/corp/test', { query: 'everything' });

@@ -273,6 +273,13 @@ describe('configuration validation', () => {
     },
     { title: 'the LDAP CA must parse', method: 'POST', url: '/v1/ldap-profiles', body: () => ldapProfile('c1', { caPem: 'nope' }), field: '/ldapProfiles/c1/caPem' },
     { title: 'the trusted CRL CA must parse', method: 'PUT', url: '/v1/crl-settings', body: () => ({ trustedCaPem: 'nope' }), field: '/crlSettings/trustedCaPem' },
+    { title: 'the OCSP responder CA must parse', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ responderCaPem: 'nope' }), field: '/ocspSettings/responderCaPem' },
+    { title: 'the OCSP responder URL must be http:', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ responderUrl: 'https://ocsp.example.mil/' }), field: 'responderUrl' },
+    { title: 'the OCSP responder URL must parse', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ responderUrl: 'http://exa mple/' }), field: '/ocspSettings/responderUrl' },
+    { title: 'the OCSP timeout has a floor', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ timeoutMs: 10 }), field: 'timeoutMs' },
+    { title: 'the OCSP timeout has a ceiling', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ timeoutMs: 600_000 }), field: 'timeoutMs' },
+    { title: 'the OCSP cache time cannot be negative', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ maxCacheSeconds: -1 }), field: 'maxCacheSeconds' },
+    { title: 'onUnavailable is one of three', method: 'PUT', url: '/v1/ocsp-settings', body: () => ({ onUnavailable: 'accept' }), field: 'onUnavailable' },
     // ---- what a listener needs for its policies
     {
       title: 'a listener whose policy uses TLS needs tls',
@@ -506,5 +513,7 @@ describe('configuration validation', () => {
       const res = await api.call(method, url, body);
       assert.equal(res.status, 201, `${url}: ${res.text}`);
     }
+    const ocsp = await api.call('PUT', '/v1/ocsp-settings', { responderUrl: 'http://[::1]:8080/ocsp?ca=59', responderCaPem: pki.root.certPem, timeoutMs: 100, maxCacheSeconds: 0 });
+    assert.equal(ocsp.status, 200, ocsp.text);
   });
 });

@@ -24,7 +24,7 @@ describe('OpenAPI document', () => {
 
   test('names its component schemas after the $ids', () => {
     const names = Object.keys(doc.components.schemas);
-    for (const name of ['LdapProfile', 'LdapAuthProfile', 'CertificateAuthProfile', 'SmtpAuthProfile', 'MailFlowPolicy', 'Listener', 'CrlSource', 'CrlStatus', 'CrlSettings', 'Config', 'SessionEvent', 'WorkerStatus', 'AuditEntry', 'Error']) {
+    for (const name of ['LdapProfile', 'LdapAuthProfile', 'CertificateAuthProfile', 'SmtpAuthProfile', 'MailFlowPolicy', 'Listener', 'CrlSource', 'CrlStatus', 'CrlSettings', 'OcspSettings', 'Config', 'SessionEvent', 'WorkerStatus', 'AuditEntry', 'Error']) {
       assert.ok(names.includes(name), `component ${name}`);
     }
     assert.deepEqual(names.filter((n) => n.startsWith('def-')), []);

@@ -267,6 +267,40 @@ export const DEFAULT_CRL_SETTINGS: CrlSettings = {
   onExpiredCrl: 'reject',
 };
 
+// ---------------------------------------------------------------- §2.6b OCSP settings
+export const OcspSettings = Type.Object(
+  {
+    inboundSmtpTls: Type.Boolean({ default: false, description: 'Client certificates of SMTP sessions are checked by OCSP' }),
+    outboundSmtpTls: Type.Boolean({ default: false, description: "The next hop's server certificate is checked by OCSP" }),
+    webInterface: Type.Boolean({ default: false, description: 'Client certificates presented to the API (mutual TLS) are checked by OCSP' }),
+    responderUrl: Type.Union([Type.String({ pattern: '^http://', maxLength: 2048 }), Type.Null()], {
+      default: null,
+      description: "The responder asked for every certificate (http: only); null: the certificate's Authority Information Access OCSP URL",
+    }),
+    responderCaPem: NullablePem('Certificates (PEM) trusted to sign OCSP responses besides the issuer and its delegated responders: responder certificates themselves, or CAs their OCSPSigning certificates chain to'),
+    timeoutMs: Type.Integer({ minimum: 100, maximum: 30_000, default: 3000, description: 'Longest a check waits for OCSP (cache, other workers and responder together)' }),
+    maxCacheSeconds: Type.Integer({ minimum: 0, maximum: 604_800, default: 3600, description: 'Longest an answer is cached after its thisUpdate (a revoked one stays until its nextUpdate)' }),
+    onUnavailable: Type.Union([Type.Literal('use-crl'), Type.Literal('reject'), Type.Literal('accept-and-log')], {
+      default: 'use-crl',
+      description: 'What an unknown status, no valid answer, a timeout or no responder URL leads to',
+    }),
+    sendNonce: Type.Boolean({ default: false, description: 'Send a nonce and accept only answers that echo it' }),
+  },
+  { $id: 'OcspSettings', additionalProperties: false },
+);
+export type OcspSettings = Static<typeof OcspSettings>;
+export const DEFAULT_OCSP_SETTINGS: OcspSettings = {
+  inboundSmtpTls: false,
+  outboundSmtpTls: false,
+  webInterface: false,
+  responderUrl: null,
+  responderCaPem: null,
+  timeoutMs: 3000,
+  maxCacheSeconds: 3600,
+  onUnavailable: 'use-crl',
+  sendNonce: false,
+};
+
 // ---------------------------------------------------------------- the whole configuration
 export const Config = Type.Object(
   {
@@ -276,6 +310,7 @@ export const Config = Type.Object(
     listeners: Type.Array(Listener, { default: [] }),
     crlSources: Type.Array(CrlSource, { default: [] }),
     crlSettings: Type.Union([CrlSettings], { default: DEFAULT_CRL_SETTINGS }),
+    ocspSettings: Type.Union([OcspSettings], { default: DEFAULT_OCSP_SETTINGS }),
   },
   { $id: 'Config', additionalProperties: false },
 );
@@ -290,6 +325,7 @@ export const EMPTY_CONFIG: Config = {
   listeners: [],
   crlSources: [],
   crlSettings: DEFAULT_CRL_SETTINGS,
+  ocspSettings: DEFAULT_OCSP_SETTINGS,
 };
 
 // ---------------------------------------------------------------- §2.7 events and workers

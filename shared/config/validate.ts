@@ -16,6 +16,7 @@ import { checkFilterTemplate } from '../directory/filter.ts';
 import { CERTIFICATE_TOKENS, QUERY_TOKENS, SMTP_AUTH_TOKENS, type QueryToken } from '../directory/tokens.ts';
 import { parseCidr } from '../policy/sender-groups.ts';
 import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../pki/certificate.ts';
+import { isHttpUrl } from '../pki/ocsp/request.ts';
 import {
   Config,
   type CrlSource,
@@ -30,7 +31,7 @@ export interface ValidationIssue {
   message: string;
 }
 
-/** The named collections of a configuration (everything but the CRL settings). */
+/** The named collections of a configuration (everything but the CRL and OCSP settings). */
 export const COLLECTIONS = ['ldapProfiles', 'smtpAuthProfiles', 'mailFlowPolicies', 'listeners', 'crlSources'] as const;
 export type Collection = (typeof COLLECTIONS)[number];
 
@@ -117,6 +118,7 @@ class Validator {
     this.listenerAddressesDistinct();
     for (const c of this.config.crlSources) this.crlSource(c);
     this.certificates('/crlSettings/trustedCaPem', this.config.crlSettings.trustedCaPem);
+    this.ocspSettings();
   }
 
   private add(field: string, message: string): void {
@@ -266,6 +268,13 @@ class Validator {
       const problem = cronProblem(c.schedule.cron);
       if (problem) this.add(`${at}/schedule/cron`, problem);
     }
+  }
+
+  // -------------------------------------------------------------- OCSP settings
+  private ocspSettings(): void {
+    const { responderUrl, responderCaPem } = this.config.ocspSettings;
+    if (responderUrl !== null && !isHttpUrl(responderUrl)) this.add('/ocspSettings/responderUrl', `"${responderUrl}" is not a valid http: URL`);
+    this.certificates('/ocspSettings/responderCaPem', responderCaPem);
   }
 
   /** Checks a PEM bundle of certificates; true when it parses (or is absent). */

@@ -28,6 +28,19 @@ export const keys = {
    * integers with an expiry). Written and read by the workers only (worker/auth-throttle.ts).
    */
   authFailures: `${P}authfail`,
+  /**
+   * A verified OCSP answer about one certificate (JSON CachedOcspAnswer, shared/pki/ocsp/checker.ts),
+   * named by the hex SHA-1 of its issuer's public key and its serial, expiring with the answer (PX).
+   * Writer: the OcspChecker of whichever process asked the responder (a worker, or the API in
+   * mutual-TLS mode). Readers: every OcspChecker, before asking a responder.
+   */
+  ocspAnswer: (issuerKeyHash: string, serial: string) => `${P}ocsp:${issuerKeyHash}:${serial}`,
+  /**
+   * Held (SET NX, PX a little over timeoutMs) by the process asking the responder about that
+   * certificate, so that the others wait for its answer instead of asking too. Writer and readers:
+   * the OcspCheckers; the holder deletes it once the answer is stored.
+   */
+  ocspLock: (issuerKeyHash: string, serial: string) => `${P}ocsp:${issuerKeyHash}:${serial}:lock`,
 } as const;
 
 /** BullMQ queue name for CRL downloads. */

@@ -1,5 +1,8 @@
-// Runs async work per key without overlap, merging the calls that arrive meanwhile into one more run.
-// Used wherever a burst of notifications must become one reload (CRL store, CRL scheduler).
+// Runs async work per key without overlap, merging the calls that arrive meanwhile.
+// - Coalescer: the calls become one more run (a burst of notifications becomes one reload: CRL
+//   store, CRL scheduler), since what they ask for may have changed during the run.
+// - SingleFlight: the calls share the run in progress and its result (concurrent OCSP checks of
+//   one certificate make one responder request), since they ask the same question.
 /**
  * Runs one task per key at a time; a call while the key's task runs asks for
  * one more run after it (however many calls came), and resolves after that.
@@ -30,5 +33,18 @@ export class Coalescer {
 
   async idle(): Promise<void> {
     while (this.running.size) await Promise.allSettled([...this.running.values()].map((s) => s.done));
+  }
+}
+
+/** One run per key at a time; calls while it runs get the same promise (result or error). */
+export class SingleFlight<T> {
+  private readonly running = new Map<string, Promise<T>>();
+
+  run(key: string, task: () => Promise<T>): Promise<T> {
+    const current = this.running.get(key);
+    if (current) return current;
+    const done = (async () => task())().finally(() => this.running.delete(key));
+    this.running.set(key, done);
+    return done;
   }
 }
