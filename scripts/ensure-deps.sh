@@ -39,6 +39,8 @@ RUN_PACKAGES=(
 TEST_PACKAGES=(
   chromium             # Swagger UI test
   postfix              # a real relaying client and benchmark reference (test/helpers/postfix.ts; brings smtp-sink)
+  iproute2             # `ip link set lo up` in the network namespace of the test OCSP responder
+  util-linux           # unshare and nsenter for it (test/helpers/ocsp-responder.ts)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi

@@ -18,7 +18,7 @@
  * accepts and never answers, and one that answers HTTP 200 with garbage.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -50,7 +50,7 @@ export interface OcspResponder {
   url: string;
   /** HTTP requests that reached the responder so far. */
   requests(): number;
-  /** Rewrites index.txt (openssl re-reads it when it changes). */
+  /** Rewrites index.txt and restarts openssl (it re-reads a changed index only after the next request). */
   setEntries(entries: IndexEntry[]): Promise<void>;
   /** Stops openssl (the relay stays: connections are then refused). */
   down(): Promise<void>;
@@ -113,6 +113,8 @@ export async function startOcspResponder(o: ResponderOptions): Promise<OcspRespo
   const sock = join(dir, 'relay.sock');
   const index = join(dir, 'index.txt');
   await writeFile(index, indexText(o.entries));
+  // Every entry has the subject /CN=x: openssl's index refuses duplicates unless told otherwise.
+  await writeFile(`${index}.attr`, 'unique_subject = no\n');
   const signer = o.signer ?? (o.ca as Pick<Issued, 'certPath' | 'keyPath'>);
 
   // The namespace, held by the inner relay (unshare and sh exec into it: its pid is the namespace's).
@@ -180,10 +182,9 @@ export async function startOcspResponder(o: ResponderOptions): Promise<OcspRespo
     url: `http://127.0.0.1:${port}/`,
     requests: () => requests,
     async setEntries(entries) {
-      // openssl compares the index's modification time once per request; make it change.
       await writeFile(index, indexText(entries));
-      const later = new Date(Date.now() + 2000);
-      await utimes(index, later, later);
+      await stopChild(openssl);
+      await up();
     },
     down: () => stopChild(openssl),
     up,
@@ -206,9 +207,10 @@ export interface FaultyResponder {
 /**
  * A responder that misbehaves: `hang` reads the request and never answers,
  * `garbage` answers 200 with bytes that are no OCSP response, `huge` sends an
- * endless body, `status` answers HTTP 500.
+ * endless body, `status` answers HTTP 500, `replay` answers every request
+ * with `body` (a response captured earlier, as a replaying attacker would).
  */
-export async function startFaultyResponder(kind: 'hang' | 'garbage' | 'huge' | 'status'): Promise<FaultyResponder> {
+export async function startFaultyResponder(kind: 'hang' | 'garbage' | 'huge' | 'status' | 'replay', body?: Buffer): Promise<FaultyResponder> {
   let requests = 0;
   const server = http.createServer((req, res) => {
     requests++;
@@ -216,6 +218,7 @@ export async function startFaultyResponder(kind: 'hang' | 'garbage' | 'huge' | '
     req.on('end', () => {
       if (kind === 'garbage') res.writeHead(200, { 'content-type': 'application/ocsp-response' }).end(Buffer.from('30820a0b0c0d0e0f this is not DER'));
       else if (kind === 'status') res.writeHead(500).end('internal error');
+      else if (kind === 'replay') res.writeHead(200, { 'content-type': 'application/ocsp-response' }).end(body);
       else if (kind === 'huge') {
         res.writeHead(200, { 'content-type': 'application/ocsp-response' });
         const chunk = Buffer.alloc(16 * 1024, 0x30);

@@ -53,7 +53,7 @@ export async function postOcspRequest(url: string, body: Buffer, deadline: numbe
       agent,
       headers: { 'content-type': 'application/ocsp-request', accept: 'application/ocsp-response', 'content-length': body.length },
     });
-    const timer = setTimeout(() => finish(new OcspFetchError(`responder ${url} did not answer within ${wait} ms`, 'timeout')), wait);
+    const timer = setTimeout(() => finish(new OcspFetchError(`responder ${url} did not answer within the ${wait} ms left`, 'timeout')), wait);
     req.on('error', (e) => finish(new OcspFetchError(`responder ${url}: ${e.message}`, 'network')));
     req.on('response', (res) => {
       if (res.statusCode !== 200) {
