@@ -1,11 +1,12 @@
 // The configuration as a whole (`/v1/config`: export and atomic import) and the settings
 // singletons (`/v1/crl-settings`, `/v1/ocsp-settings`).
 import type { FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
 import { Config, CrlSettings, OcspSettings } from '../shared/config/schemas.ts';
 import type { ApiContext, App } from './context.ts';
 import { ConfigExport, errorResponses, fillDefaults, ref } from './http-schemas.ts';
 import { mergeConfigSecrets, redactConfig } from './secrets.ts';
-import { setVersion } from './versioning.ts';
+import { previewConfig, setVersion } from './versioning.ts';
 
 export function registerConfigRoutes(app: App, ctx: ApiContext): void {
   const tags = ['config'];
@@ -30,17 +31,20 @@ export function registerConfigRoutes(app: App, ctx: ApiContext): void {
         summary: 'Replace the whole configuration atomically',
         description:
           'All or nothing: one invalid item changes nothing. Secrets left out keep the stored value of the resource with the same name. ' +
-          'A `version` in the body (as exported) is ignored; use If-Match to guard against concurrent changes.',
+          'A `version` in the body (as exported) is ignored; use If-Match to guard against concurrent changes. ' +
+          'With `dryRun=true` nothing is written: the answer is the configuration as it would be stored, with the current version (also in the ETag).',
+        querystring: Type.Object({
+          dryRun: Type.Boolean({ default: false, description: 'Validate and answer the result without writing it' }),
+        }),
         body: ref(Config),
         response: { 200: ref(ConfigExport), ...errorResponses(400, 401, 403, 409, 412) },
       },
     },
     async (request, reply) => {
-      const { version, ...config } = await ctx.write(request, reply, (stored) => mergeConfigSecrets(request.body, stored), {
-        kind: 'config',
-        name: null,
-        action: 'import',
-      });
+      const change = (stored: Config) => mergeConfigSecrets(request.body, stored);
+      const { version, ...config } = request.query.dryRun
+        ? await previewConfig(request, reply, ctx.config, change)
+        : await ctx.write(request, reply, change, { kind: 'config', name: null, action: 'import' });
       return { version, ...redactConfig(config) };
     },
   );

@@ -99,6 +99,7 @@ export const LdapProfileTestResult = Type.Object(
       Type.Null(),
     ], { description: 'certificate: the query tokens as read from the certificate (before escaping)' }),
     allowFilter: Type.Union([Type.String(), Type.Null()], { description: 'smtpAuth: the escaped allowance filter' }),
+    error: Type.Union([Type.String(), Type.Null()], { description: "The directory's own reason when it failed or refused (unreachable, TLS refused, bind refused, ...)" }),
   },
   { $id: 'LdapProfileTestResult' },
 );

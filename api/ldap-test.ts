@@ -25,6 +25,8 @@ export interface LdapTestResult {
   tokens: CertificateTokenValues | null;
   /** smtpAuth with an allowQuery: the escaped allowance filter. */
   allowFilter: string | null;
+  /** The directory's own words when it could not answer or refused (SPEC §2.1); null otherwise. */
+  error: string | null;
 }
 
 export async function runLdapTest(profile: LdapProfile, body: LdapTestRequest, now: Date = new Date()): Promise<LdapTestResult> {
@@ -52,7 +54,7 @@ async function certificateTest(profile: LdapProfile, directory: Directory, pem: 
   const found = await directory.lookupCertificate(tokens);
   return {
     matched: found.outcome === 'one', dn: found.dn, userId: found.userId, authenticated: null, allowed: null,
-    durationMs: elapsed(started), filter: found.filter, outcome: found.outcome, tokens, allowFilter: null,
+    durationMs: elapsed(started), filter: found.filter, outcome: found.outcome, tokens, allowFilter: null, error: found.detail ?? null,
   };
 }
 
@@ -73,6 +75,7 @@ async function smtpAuthTest(profile: LdapProfile, directory: Directory, username
     outcome: auth.outcome,
     tokens: null,
     allowFilter: allow?.filter ?? null,
+    error: auth.detail ?? (allow?.outcome === 'directory-unavailable' ? (allow.detail ?? 'directory unavailable') : null),
   };
 }
 

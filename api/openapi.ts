@@ -38,7 +38,33 @@ export async function registerOpenApi(app: App): Promise<void> {
     },
     // Keep the `$id`s as component names (the default would be def-0, def-1, ...).
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
+    transformObject: (document) => ('openapiObject' in document ? withDiscriminatorMappings(document.openapiObject) : document.swaggerObject),
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+}
+
+type SchemaObject = { oneOf?: Array<{ $ref?: string }>; discriminator?: { propertyName: string; mapping?: Record<string, string> }; properties?: Record<string, { const?: unknown; enum?: unknown[] }> };
+
+/**
+ * A discriminator without `mapping` means "the value is the schema's name" (OpenAPI 3.1
+ * §4.8.25): ours are the `type` values (`ldap`, `certificate`), so the document names them,
+ * for Swagger UI and code generators (cli/api-types.ts). Only the document: Ajv, which
+ * validates the requests, does not support `mapping`.
+ */
+function withDiscriminatorMappings<T extends { components?: { schemas?: Record<string, unknown> } }>(document: T): T {
+  const schemas = (document.components?.schemas ?? {}) as Record<string, SchemaObject>;
+  const prefix = '#/components/schemas/';
+  for (const schema of Object.values(schemas)) {
+    const tag = schema.discriminator?.propertyName;
+    if (!tag || !schema.oneOf) continue;
+    const mapping: Record<string, string> = {};
+    for (const member of schema.oneOf) {
+      const property = member.$ref?.startsWith(prefix) ? schemas[member.$ref.slice(prefix.length)]?.properties?.[tag] : undefined;
+      const value = property?.const ?? (property?.enum?.length === 1 ? property.enum[0] : undefined);
+      if (typeof value === 'string' && member.$ref) mapping[value] = member.$ref;
+    }
+    if (Object.keys(mapping).length === schema.oneOf.length) schema.discriminator = { propertyName: tag, mapping };
+  }
+  return document;
 }

@@ -11,8 +11,11 @@ export interface ResourceKind {
   collection: Collection;
   /** URL segment under /v1, also the resource kind in the audit log. */
   path: string;
-  /** Singular PascalCase noun for operation ids (`createLdapProfile`). */
+  /** Singular and plural PascalCase nouns for operation ids (`createLdapProfile`, `listLdapProfiles`). */
   noun: string;
+  nouns: string;
+  /** Words for the OpenAPI summaries: `Create an LDAP profile`, `List LDAP profiles` (the article goes by sound). */
+  words: { one: string; many: string; article: 'a' | 'an' };
   /** Schema of one item; it has an `$id` (it is an OpenAPI component). */
   schema: TSchema;
   /** Extra read-only data `GET /{name}` adds to the item, with the schema of the result. */
@@ -24,14 +27,16 @@ async function crlStatus(redis: Redis, name: string): Promise<{ status: CrlStatu
 }
 
 export const RESOURCE_KINDS: ResourceKind[] = [
-  { collection: 'ldapProfiles', path: 'ldap-profiles', noun: 'LdapProfile', schema: LdapProfile },
-  { collection: 'smtpAuthProfiles', path: 'smtp-auth-profiles', noun: 'SmtpAuthProfile', schema: SmtpAuthProfile },
-  { collection: 'mailFlowPolicies', path: 'mail-flow-policies', noun: 'MailFlowPolicy', schema: MailFlowPolicy },
-  { collection: 'listeners', path: 'listeners', noun: 'Listener', schema: Listener },
+  { collection: 'ldapProfiles', path: 'ldap-profiles', noun: 'LdapProfile', nouns: 'LdapProfiles', words: { one: 'LDAP profile', many: 'LDAP profiles', article: 'an' }, schema: LdapProfile },
+  { collection: 'smtpAuthProfiles', path: 'smtp-auth-profiles', noun: 'SmtpAuthProfile', nouns: 'SmtpAuthProfiles', words: { one: 'SMTP auth profile', many: 'SMTP auth profiles', article: 'an' }, schema: SmtpAuthProfile },
+  { collection: 'mailFlowPolicies', path: 'mail-flow-policies', noun: 'MailFlowPolicy', nouns: 'MailFlowPolicies', words: { one: 'mail flow policy', many: 'mail flow policies', article: 'a' }, schema: MailFlowPolicy },
+  { collection: 'listeners', path: 'listeners', noun: 'Listener', nouns: 'Listeners', words: { one: 'listener', many: 'listeners', article: 'a' }, schema: Listener },
   {
     collection: 'crlSources',
     path: 'crl-sources',
     noun: 'CrlSource',
+    nouns: 'CrlSources',
+    words: { one: 'CRL source', many: 'CRL sources', article: 'a' },
     schema: CrlSource,
     detail: { schema: CrlSourceWithStatus, load: crlStatus },
   },

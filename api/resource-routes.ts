@@ -26,7 +26,8 @@ type Resource = { name: string } & Record<string, unknown>;
 const NameParams = Type.Object({ name: Name });
 
 export function registerResourceRoutes(app: App, ctx: ApiContext, kind: ResourceKind): void {
-  const { collection, path, noun } = kind;
+  const { collection, path, noun, nouns, words } = kind;
+  const aLabel = `${words.article} ${words.one}`;
   const label = COLLECTION_LABELS[collection];
   const base = `/v1/${path}`;
   const tags = [path];
@@ -40,7 +41,7 @@ export function registerResourceRoutes(app: App, ctx: ApiContext, kind: Resource
 
   app.get(
     base,
-    { schema: { tags, operationId: `list${noun}s`, summary: `List ${label}s`, response: { 200: Type.Object({ items: Type.Array(item), version: Type.Integer() }, { description: `All ${label}s and the configuration version` }), ...errorResponses(401) } } },
+    { schema: { tags, operationId: `list${nouns}`, summary: `List ${words.many}`, response: { 200: Type.Object({ items: Type.Array(item), version: Type.Integer() }, { description: `All ${words.many} and the configuration version` }), ...errorResponses(401) } } },
     async (_request, reply) => {
       const config = await ctx.config.get();
       setVersion(reply, config.version);
@@ -52,7 +53,7 @@ export function registerResourceRoutes(app: App, ctx: ApiContext, kind: Resource
     base,
     {
       preValidation: fillDefaults(kind.schema),
-      schema: { tags, operationId: `create${noun}`, summary: `Create a ${label}`, body: item, response: { 201: { ...item, description: 'Created' }, ...errorResponses(400, 401, 403, 409, 412) } },
+      schema: { tags, operationId: `create${noun}`, summary: `Create ${aLabel}`, body: item, response: { 201: { ...item, description: 'Created' }, ...errorResponses(400, 401, 403, 409, 412) } },
     },
     async (request, reply) => {
       const body = request.body as Resource;
@@ -76,7 +77,7 @@ export function registerResourceRoutes(app: App, ctx: ApiContext, kind: Resource
       schema: {
         tags,
         operationId: `get${noun}`,
-        summary: `Get a ${label}`,
+        summary: `Get ${aLabel}`,
         params: NameParams,
         response: { 200: { ...(kind.detail ? ref(kind.detail.schema) : item), description: `The ${label}` }, ...errorResponses(401, 404) },
       },
@@ -98,7 +99,7 @@ export function registerResourceRoutes(app: App, ctx: ApiContext, kind: Resource
       schema: {
         tags,
         operationId: `replace${noun}`,
-        summary: `Replace a ${label}`,
+        summary: `Replace ${aLabel}`,
         description: 'The body `name` may be omitted; if given it must equal the name in the path. Omitted secrets keep their stored value, `null` clears them.',
         params: NameParams,
         body: item,
@@ -129,7 +130,7 @@ export function registerResourceRoutes(app: App, ctx: ApiContext, kind: Resource
       schema: {
         tags,
         operationId: `delete${noun}`,
-        summary: `Delete a ${label}`,
+        summary: `Delete ${aLabel}`,
         description: 'Refused with 409 while another resource refers to it.',
         params: NameParams,
         response: { 204: Type.Null({ description: 'Deleted' }), ...errorResponses(401, 403, 404, 409, 412) },

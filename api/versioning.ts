@@ -3,7 +3,8 @@
 // nobody changed the configuration since that version (412 otherwise).
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { updateConfig } from '../shared/config/store.ts';
+import { ConfigValidationError, ConfigVersionMismatchError, updateConfig } from '../shared/config/store.ts';
+import { validateConfig } from '../shared/config/validate.ts';
 import type { NewAuditEntry } from '../shared/config/audit.ts';
 import type { Config, VersionedConfig } from '../shared/config/schemas.ts';
 import type { ConfigCache } from './config-cache.ts';
@@ -41,4 +42,20 @@ export function configWriter(redis: Redis, cache: ConfigCache): ConfigWriter {
     setVersion(reply, written.version);
     return written;
   };
+}
+
+/**
+ * A dry run of a write: the same If-Match check and validation, nothing stored, nothing
+ * audited. Answers the configuration as the write would store it, with the version it
+ * would replace (also the ETag), so that the caller can apply exactly what it previewed.
+ */
+export async function previewConfig(request: FastifyRequest, reply: FastifyReply, cache: ConfigCache, change: (c: Config) => Config): Promise<VersionedConfig> {
+  const { version, ...current } = await cache.get();
+  const expected = requiredVersion(request);
+  if (expected !== undefined && expected !== version) throw new ConfigVersionMismatchError(expected, version);
+  const next = change(current);
+  const issues = validateConfig(next);
+  if (issues.length > 0) throw new ConfigValidationError(issues);
+  setVersion(reply, version);
+  return { version, ...next };
 }

@@ -1,0 +1,4 @@
+// The version of this checkout of certgate (package.json), shown by `certgate --version`.
+import { readFileSync } from 'node:fs';
+
+export const CLI_VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
