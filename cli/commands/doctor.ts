@@ -183,7 +183,7 @@ function tlsChecks(l: Listener, t: TlsFacts, withCa: boolean, add: Add): void {
   }
   const configured = l.tls?.certificatePem ? firstCertificate(l.tls.certificatePem) : null;
   const now = Date.now();
-  const subject = leaf.subject.replace(/\n/g, ', ');
+  const subject = dnText(leaf.subject);
   const expires = Date.parse(leaf.validTo);
   if (configured && configured.fingerprint256 !== leaf.fingerprint256) {
     add('tls', 'fail', `the worker presents "${subject}" (sha256 ${short(leaf.fingerprint256)}), not the listener's configured certificate (sha256 ${short(configured.fingerprint256)}): the worker has not applied the configuration, or another program holds the port`);
@@ -201,7 +201,7 @@ function tlsChecks(l: Listener, t: TlsFacts, withCa: boolean, add: Add): void {
     else add('tls', 'warn', `this machine's CA store does not verify the chain (${why}); clients need your CA, give it with --ca FILE to check the chain against it`);
   }
   const verified = t.authorized && !t.hostnameError && expires > now;
-  add('tls', verified ? 'ok' : 'warn', `${t.protocol ?? 'TLS'}; presents "${subject}", issued by "${leaf.issuer.replace(/\n/g, ', ')}", valid until ${leaf.validTo}, ${t.chain.length} certificate(s) in the chain${verified ? ', verified for ' + l.hostname : ''}`);
+  add('tls', verified ? 'ok' : 'warn', `${t.protocol ?? 'TLS'}; presents "${subject}", issued by "${dnText(leaf.issuer)}", valid until ${leaf.validTo}, ${t.chain.length} certificate(s) in the chain${verified ? ', verified for ' + l.hostname : ''}`);
 }
 
 function explainVerifyError(code: string | null): string {
@@ -229,7 +229,7 @@ function clientCaChecks(l: Listener, config: Config, add: Add): void {
     return;
   }
   for (const ca of allCertificates(pem)) {
-    const subject = ca.subject.replace(/\n/g, ', ');
+    const subject = dnText(ca.subject);
     if (Date.parse(ca.validTo) <= Date.now()) add('client-ca', 'fail', `client CA "${subject}" expired ${relativeTime(ca.validTo)}: certificates it issued are refused`);
     else if (!ca.ca) add('client-ca', 'fail', `"${subject}" in clientCaPem is not a CA certificate (basicConstraints CA:FALSE)`);
     else add('client-ca', Date.parse(ca.validTo) - Date.now() < EXPIRY_WARNING_DAYS * DAY_MS ? 'warn' : 'ok', `client certificates may chain to "${subject}" (valid until ${ca.validTo})`);
@@ -332,7 +332,7 @@ async function nextHopChecks(l: Listener, cliCa: string | undefined, timeoutMs: 
   const verifies = hop.tls === 'required' || hop.caPem !== null;
   const leaf = p.tls.chain[0];
   const problem = !p.tls.authorized ? explainVerifyError(p.tls.authorizationError) : p.tls.hostnameError;
-  const what = `${p.tls.protocol ?? 'TLS'}, certificate "${leaf?.subject.replace(/\n/g, ', ') ?? '?'}"`;
+  const what = `${p.tls.protocol ?? 'TLS'}, certificate "${leaf ? dnText(leaf.subject) : '?'}"`;
   if (!problem) add('next-hop', 'ok', `${at} greets "${greeting}"; STARTTLS works (${what}, verified)`);
   else if (verifies) add('next-hop', 'fail', `${at}: the next hop's certificate does not verify (${problem}${hop.caPem ? '' : '; nextHop.caPem is null, so the system store is used'}): every message gets 451`);
   else add('next-hop', 'ok', `${at} greets "${greeting}"; STARTTLS works (${what}; not verified: opportunistic without caPem takes any certificate)`);
@@ -350,10 +350,10 @@ async function crlChecks(conn: Connection, l: Listener, config: Config, clientCe
   );
   const workers = await listWorkers(conn);
   const cas = allCertificates(l.tls.clientCaPem);
-  const issuers = new Map(cas.map((c) => [dnKey(c.subject), c.subject.replace(/\n/g, ', ')]));
+  const issuers = new Map(cas.map((c) => [dnKey(c.subject), dnText(c.subject)]));
   if (clientCert) {
     const card = firstCertificate(clientCert);
-    if (card) issuers.set(dnKey(card.issuer), card.issuer.replace(/\n/g, ', '));
+    if (card) issuers.set(dnKey(card.issuer), dnText(card.issuer));
   }
   for (const [key, shown] of issuers) {
     const covering = sources.filter((s) => s.status.issuer && dnKey(s.status.issuer) === key);
@@ -382,6 +382,11 @@ async function crlChecks(conn: Connection, l: Listener, config: Config, clientCe
 function dnKey(dn: string): string {
   const parts = dn.includes('\n') ? dn.split('\n') : dn.split(/(?<!\\),/);
   return parts.map((p) => p.trim().toLowerCase().replace(/\s*=\s*/, '=')).filter(Boolean).sort().join(',');
+}
+
+/** node:crypto's one-attribute-a-line name (most general first) as RFC 4514 writes it (most specific first). */
+function dnText(name: string): string {
+  return name.split('\n').reverse().join(', ');
 }
 
 function firstCertificate(pem: string): X509Certificate | null {
