@@ -56,7 +56,12 @@ interface ResolveContext {
 }
 
 async function resolve(value: unknown, at: string[], ctx: ResolveContext): Promise<unknown> {
-  if (Array.isArray(value)) return Promise.all(value.map((v, i) => resolve(v, [...at, itemKey(v, i)], ctx)));
+  if (Array.isArray(value)) {
+    // One after the other: references are listed in file order.
+    const out: unknown[] = [];
+    for (const [i, v] of value.entries()) out.push(await resolve(v, [...at, itemKey(v, i)], ctx));
+    return out;
+  }
   if (!isObject(value)) return value;
   const keys = Object.keys(value);
   const where = at.join('/');

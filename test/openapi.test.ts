@@ -53,6 +53,20 @@ describe('OpenAPI document', () => {
     assert.equal(doc.paths['/openapi.json'], undefined, 'the document does not list itself');
   });
 
+  test('summaries read as English (plurals, a/an by sound) and discriminators map their values', () => {
+    const summaries = Object.values<Record<string, { summary?: string }>>(doc.paths).flatMap((ops) => Object.values(ops).map((o) => o.summary ?? ''));
+    assert.ok(summaries.includes('List mail flow policies'));
+    assert.ok(summaries.includes('Create an SMTP auth profile'));
+    assert.ok(summaries.includes('Create an LDAP profile'));
+    assert.ok(summaries.includes('Create a CRL source'));
+    assert.deepEqual(summaries.filter((s) => /policys|\ba (SMTP|LDAP|API)\b|\ban (mail|listener|CRL)\b/.test(s)), []);
+    assert.equal(doc.paths['/v1/mail-flow-policies'].get.operationId, 'listMailFlowPolicies');
+    assert.deepEqual(doc.components.schemas.SmtpAuthProfile.discriminator.mapping, {
+      ldap: '#/components/schemas/LdapAuthProfile',
+      certificate: '#/components/schemas/CertificateAuthProfile',
+    });
+  });
+
   test('GET /openapi.json serves the same document', async () => {
     const redis = new Redis({ lazyConnect: true });
     const app = await buildApp({ redis, logger: false });
