@@ -10,6 +10,8 @@ import type { Config } from './config-file.ts';
 
 export const COLLECTIONS = ['ldapProfiles', 'smtpAuthProfiles', 'mailFlowPolicies', 'listeners', 'crlSources'] as const;
 type Collection = (typeof COLLECTIONS)[number];
+/** Every other top-level field of the configuration is one settings object. */
+type Singleton = Exclude<keyof Config, Collection>;
 
 export interface FieldChange {
   /** e.g. `hosts`, `bind/dn`, `nextHop/port` */
@@ -20,8 +22,9 @@ export interface FieldChange {
 
 export interface ResourceChange {
   action: 'add' | 'remove' | 'change';
-  collection: Collection | 'crlSettings';
-  /** null for the crlSettings singleton */
+  /** A resource collection, or a settings singleton (`crlSettings`, `ocspSettings`). */
+  collection: Collection | Singleton;
+  /** null for a settings singleton */
   name: string | null;
   fields: FieldChange[];
 }
@@ -45,8 +48,11 @@ export function diffConfigs(current: Config, next: Config): ResourceChange[] {
       }
     }
   }
-  const settings = fieldsOf(current.crlSettings, next.crlSettings);
-  if (settings.length > 0) changes.push({ action: 'change', collection: 'crlSettings', name: null, fields: settings });
+  const singletons = new Set([...Object.keys(current), ...Object.keys(next)].filter((k) => !(COLLECTIONS as readonly string[]).includes(k))) as Set<Singleton>;
+  for (const key of singletons) {
+    const fields = fieldsOf(current[key] ?? {}, next[key] ?? {});
+    if (fields.length > 0) changes.push({ action: 'change', collection: key, name: null, fields });
+  }
   return changes;
 }
 
@@ -85,13 +91,14 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-const LABELS: Record<ResourceChange['collection'], string> = {
+const LABELS: Partial<Record<ResourceChange['collection'], string>> = {
   ldapProfiles: 'LDAP profile',
   smtpAuthProfiles: 'SMTP auth profile',
   mailFlowPolicies: 'mail flow policy',
   listeners: 'listener',
   crlSources: 'CRL source',
   crlSettings: 'CRL settings',
+  ocspSettings: 'OCSP settings',
 };
 
 const SIGN = { add: '+', remove: '-', change: '~' } as const;
@@ -100,7 +107,7 @@ const SIGN = { add: '+', remove: '-', change: '~' } as const;
 export function renderChanges(changes: readonly ResourceChange[]): string[] {
   const lines: string[] = [];
   for (const c of changes) {
-    lines.push(`${SIGN[c.action]} ${LABELS[c.collection]}${c.name === null ? '' : ` ${c.name}`}`);
+    lines.push(`${SIGN[c.action]} ${LABELS[c.collection] ?? c.collection}${c.name === null ? '' : ` ${c.name}`}`);
     for (const f of c.fields) {
       if (c.action === 'change') lines.push(`    ${f.field}: ${show(f.before)} → ${show(f.after)}`);
       else if (c.action === 'add') lines.push(`    ${f.field}: ${show(f.after)}`);

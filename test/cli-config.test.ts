@@ -11,7 +11,7 @@ import { crlHealth } from '../cli/crl-health.ts';
 import { parseSince } from '../cli/commands/events.ts';
 import { CliError } from '../cli/output.ts';
 
-const empty = (): Config => ({ ldapProfiles: [], smtpAuthProfiles: [], mailFlowPolicies: [], listeners: [], crlSources: [], crlSettings: { inboundSmtpTls: true, outboundSmtpTls: false, webInterface: false, trustedCaPem: null, onExpiredCrl: 'reject' } });
+const empty = (): Config => ({ ldapProfiles: [], smtpAuthProfiles: [], mailFlowPolicies: [], listeners: [], crlSources: [], crlSettings: { inboundSmtpTls: true, outboundSmtpTls: false, webInterface: false, trustedCaPem: null, onExpiredCrl: 'reject' }, ocspSettings: {} as Config['ocspSettings'] });
 const policy = (name: string, extra: Record<string, unknown> = {}) => ({ name, action: 'relay', tls: 'required', ...extra }) as unknown as Config['mailFlowPolicies'][number];
 
 describe('configuration file', () => {
@@ -72,13 +72,15 @@ describe('configuration diff', () => {
     assert.deepEqual(renderChanges(changes), ['- mail flow policy B', '~ mail flow policy A', '    maxRecipients: 10 → 20', '+ mail flow policy D', '    action: "relay"', '    tls: "required"']);
   });
 
-  test('nested fields and the CRL settings; order inside a resource counts (sender groups)', () => {
+  test('nested fields and the settings singletons; order inside a resource counts (sender groups)', () => {
     const l = (groups: string[], port: number) => ({ name: 'smtp', nextHop: { host: 'h', port }, senderGroups: groups.map((name) => ({ name })) }) as never;
     const a = { ...empty(), listeners: [l(['X', 'Y'], 25)] };
-    const b = { ...empty(), listeners: [l(['Y', 'X'], 2525)], crlSettings: { ...empty().crlSettings, onExpiredCrl: 'accept-and-log' as const } };
+    const b = { ...empty(), listeners: [l(['Y', 'X'], 2525)], crlSettings: { ...empty().crlSettings, onExpiredCrl: 'accept-and-log' as const }, ocspSettings: { timeoutMs: 10 } as never };
     const changes = diffConfigs(a, b);
-    assert.deepEqual(changes.map((c) => c.fields.map((f) => f.field)), [['nextHop/port', 'senderGroups'], ['onExpiredCrl']]);
-    assert.equal(changes[1]?.name, null);
+    assert.deepEqual(changes.map((c) => [c.collection, c.name, c.fields.map((f) => f.field)]), [
+      ['listeners', 'smtp', ['nextHop/port', 'senderGroups']], ['crlSettings', null, ['onExpiredCrl']], ['ocspSettings', null, ['timeoutMs']],
+    ]);
+    assert.deepEqual(renderChanges(changes).slice(-2), ['~ OCSP settings', '    timeoutMs: (unset) → 10']);
   });
 
   test('long and multi-line values are shown by size and digest, never in full', () => {

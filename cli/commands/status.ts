@@ -58,6 +58,15 @@ export async function statusCommand(conn: Connection, out: Output): Promise<numb
   const settings = await crlSettings(conn);
   const checked = [settings.inboundSmtpTls && 'SMTP client certificates', settings.outboundSmtpTls && 'the next hop', settings.webInterface && 'API clients'].filter(Boolean);
   lines.push({ verdict: 'ok', subject: 'revocation', message: `CRLs checked for ${checked.join(', ') || 'nothing'}; an expired CRL: ${settings.onExpiredCrl}` });
+  const { data: ocsp } = await call(conn, 'GET /v1/ocsp-settings', conn.client.GET('/v1/ocsp-settings'));
+  const asked = [ocsp.inboundSmtpTls && 'SMTP client certificates', ocsp.outboundSmtpTls && 'the next hop', ocsp.webInterface && 'API clients'].filter(Boolean);
+  lines.push({
+    verdict: 'ok',
+    subject: 'OCSP',
+    message: asked.length === 0
+      ? 'not used'
+      : `asked for ${asked.join(', ')} from ${ocsp.responderUrl ?? "each certificate's AIA responder"}; unavailable: ${ocsp.onUnavailable}`,
+  });
   for (const s of config.crlSources) {
     const { data } = await call(conn, `CRL source ${s.name}`, conn.client.GET('/v1/crl-sources/{name}', { params: { path: { name: s.name } } }));
     const h = crlHealth(data as Schemas['CrlSourceWithStatus'], settings);
