@@ -11,6 +11,7 @@ import {
   crlSummary,
   isNewerOrSame,
   parseCrl,
+  parseAndVerifyCrlOffThread,
   parseCrlOffThread,
   verifyCrlSignature,
   type ParsedCrl,
@@ -385,6 +386,26 @@ describe('crl', () => {
       await assert.rejects(parseCrlOffThread(Buffer.from('garbage'), 'asn1'), /not a CRL/);
       await assert.rejects(parseCrlOffThread(der.subarray(0, 100), 'asn1'), /truncated/);
       await assert.rejects(parseCrlOffThread(pki.root.x509.raw, 'asn1'), /certificate/);
+    });
+
+    test('parseAndVerifyCrlOffThread: the signing CA among the candidates, null for none; concurrent requests each get their own answer', async () => {
+      const big = await pki.bigCrl(5_000);
+      const candidates = [pki.foreign.x509, pki.root.x509, pki.intermediate.x509];
+      const [a, b, c, d] = await Promise.all([
+        parseAndVerifyCrlOffThread(der, 'asn1', candidates),
+        parseAndVerifyCrlOffThread(pem, 'pem', [pki.foreign.x509, pki.root.x509]),
+        parseAndVerifyCrlOffThread(big.der, 'asn1', candidates),
+        parseAndVerifyCrlOffThread(Buffer.from('garbage'), 'asn1', candidates).catch((e: Error) => e),
+      ]);
+      assert.equal(a.signer?.fingerprint256, pki.intermediate.x509.fingerprint256);
+      same(a.crl, parseCrl(der, 'asn1'));
+      assert.equal(b.signer, null, 'no candidate signed it');
+      assert.equal(b.crl.revokedCount, revokedSerials.length);
+      assert.equal(c.signer?.fingerprint256, pki.intermediate.x509.fingerprint256);
+      assert.equal(c.crl.revokedCount, 5_000);
+      assert.ok(d instanceof Error && /not a CRL/.test(d.message));
+      // After a failure the same thread goes on serving.
+      assert.equal((await parseCrlOffThread(der, 'asn1')).revokedCount, revokedSerials.length);
     });
 
     test('works in an app started with the tsx CLI', async () => {

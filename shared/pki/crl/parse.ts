@@ -656,28 +656,51 @@ function verifyKey(s: SigScheme, key: KeyObject): KeyObject | VerifyKeyObjectInp
   return s.pss ? { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: s.pss.saltLength } : key;
 }
 
-/**
- * The CA among `candidates` whose key verifies the CRL's signature, or null. Hashing a
- * 27 MB CRL takes tens of milliseconds, so it runs on libuv's thread pool.
- */
-export async function verifyCrlSignature(crl: ParsedCrl, candidates: X509Certificate[]): Promise<X509Certificate | null> {
+/** The scheme and the certificates worth trying, or null when the CRL's algorithm is unusable. */
+function signerTrials(crl: ParsedCrl, candidates: X509Certificate[]): { scheme: SigScheme; certs: X509Certificate[] } | null {
   let scheme: SigScheme;
   try {
     scheme = schemeFor(crl);
   } catch {
     return null;
   }
-  for (const cert of signerCandidates(crl, candidates)) {
-    const key = cert.publicKey;
-    if (!keyFits(key, scheme)) continue;
+  return { scheme, certs: signerCandidates(crl, candidates).filter((cert) => keyFits(cert.publicKey, scheme)) };
+}
+
+/**
+ * The CA among `candidates` whose key verifies the CRL's signature, or null. Hashing a
+ * 27 MB CRL takes tens of milliseconds, so it runs on libuv's thread pool (but Node copies
+ * the TBS on this thread first: the refresh verifies in the parser thread instead, see
+ * parseAndVerifyCrlOffThread).
+ */
+export async function verifyCrlSignature(crl: ParsedCrl, candidates: X509Certificate[]): Promise<X509Certificate | null> {
+  const trials = signerTrials(crl, candidates);
+  if (!trials) return null;
+  const { scheme, certs } = trials;
+  for (const cert of certs) {
     const ok = await new Promise<boolean>((resolve) => {
       try {
-        cryptoVerify(scheme.hash, crl.tbs, verifyKey(scheme, key), crl.signature, (err, result) => resolve(!err && result));
+        cryptoVerify(scheme.hash, crl.tbs, verifyKey(scheme, cert.publicKey), crl.signature, (err, result) => resolve(!err && result));
       } catch {
         resolve(false);
       }
     });
     if (ok) return cert;
+  }
+  return null;
+}
+
+/** verifyCrlSignature, synchronously: for the parser thread, whose job is to block. */
+export function verifyCrlSignatureSync(crl: ParsedCrl, candidates: X509Certificate[]): X509Certificate | null {
+  const trials = signerTrials(crl, candidates);
+  if (!trials) return null;
+  const { scheme, certs } = trials;
+  for (const cert of certs) {
+    try {
+      if (cryptoVerify(scheme.hash, crl.tbs, verifyKey(scheme, cert.publicKey), crl.signature)) return cert;
+    } catch {
+      // a key Node cannot use with this scheme: try the next candidate
+    }
   }
   return null;
 }
@@ -796,15 +819,22 @@ export function crlFromTransfer(m: CrlTransfer): ParsedCrl {
 }
 
 // ---------------------------------------------------------------------------
-// Off-thread parsing
+// Off-thread parsing: one parser thread per process, started on first use
 // ---------------------------------------------------------------------------
 
-export type CrlThreadRequest = { buffer: ArrayBuffer; fileType: CrlFileType };
-export type CrlThreadResponse = { ok: true; crl: CrlTransfer } | { ok: false; message: string };
+export interface CrlThreadRequest {
+  id: number;
+  buffer: ArrayBuffer;
+  fileType: CrlFileType;
+  /** DER of the CA certificates the signature may verify with; null: parse only. */
+  signers: Uint8Array[] | null;
+}
+
+/** signer: index into the request's signers, -1 when none verified (or none was asked). */
+export type CrlThreadResponse = { id: number; ok: true; crl: CrlTransfer; signer: number } | { id: number; ok: false; message: string };
 
 const RUNNING_TS = import.meta.url.endsWith('.ts');
 const THREAD_URL = new URL(RUNNING_TS ? './thread.ts' : './thread.js', import.meta.url);
-let tsxApiUrl: string | null = null;
 
 /**
  * Starts the parser thread. Under tsx (how certgate runs), a Worker does not
@@ -814,13 +844,72 @@ let tsxApiUrl: string | null = null;
  * ESM hooks inside the worker (`tsx/esm/api` register()) and then imports the
  * TypeScript entry. Plain JS builds load the entry directly.
  */
-function startThread(workerData: CrlThreadRequest, transferList: ArrayBuffer[]): Worker {
-  if (!RUNNING_TS) return new Worker(THREAD_URL, { workerData, transferList });
-  // Resolved once: under tsx, import.meta.resolve waits synchronously on the loader thread.
-  tsxApiUrl ??= import.meta.resolve('tsx/esm/api');
+function startThread(): Worker {
+  if (!RUNNING_TS) return new Worker(THREAD_URL);
+  const tsxApiUrl = import.meta.resolve('tsx/esm/api');
   const code = `import(${JSON.stringify(tsxApiUrl)}).then((m) => { m.register(); return import(${JSON.stringify(THREAD_URL.href)}); });`;
-  return new Worker(code, { eval: true, workerData, transferList });
+  return new Worker(code, { eval: true });
 }
+
+interface Pending {
+  resolve: (r: CrlThreadResponse) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * The one parser thread of this process. Kept between loads (issue 12): starting a thread
+ * (tsx, module load) cost hundreds of milliseconds per CRL on a busy machine, and every new
+ * thread's malloc arena grew the worker's RSS by tens of MB that glibc kept. It holds the
+ * process open only while a request is pending. A timeout or a crash ends it and fails what
+ * was pending; the next request starts a new one.
+ */
+class ParserThread {
+  private worker: Worker | null = null;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+
+  request(make: (id: number) => CrlThreadRequest, transferList: ArrayBuffer[], timeoutMs: number): Promise<CrlThreadResponse> {
+    const worker = this.worker ?? this.start();
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new Error(`CRL parsing timed out after ${timeoutMs} ms`)), timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      worker.ref();
+      worker.postMessage(make(id), transferList);
+    });
+  }
+
+  private start(): Worker {
+    const worker = startThread();
+    worker.on('message', (m: CrlThreadResponse) => {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      clearTimeout(p.timer);
+      if (this.pending.size === 0) worker.unref();
+      p.resolve(m);
+    });
+    worker.on('error', (e) => this.fail(new Error(`CRL parser thread failed: ${e.message}`), worker));
+    worker.on('exit', (code) => this.fail(new Error(`CRL parser thread exited (code ${code}) without an answer`), worker));
+    this.worker = worker;
+    return worker;
+  }
+
+  /** Ends the thread (`which`, default the current one) and fails every pending request. */
+  private fail(err: Error, which: Worker | null = this.worker): void {
+    if (which === null || which !== this.worker) return;
+    this.worker = null;
+    void which.terminate();
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+  }
+}
+
+const parserThread = new ParserThread();
 
 /** Copy granularity: a few milliseconds of memcpy per event-loop turn. */
 const COPY_CHUNK = 4 * 1024 * 1024;
@@ -839,38 +928,35 @@ async function transferableCopy(data: Uint8Array): Promise<ArrayBuffer> {
   return copy.buffer as ArrayBuffer;
 }
 
-
-/**
- * `parseCrl` in a worker thread, so a 27 MB CRL does not block the event
- * loop (this thread only copies the input, in chunks, and wraps the result).
- * One worker per call: CRL downloads are rare, and the worker's memory goes
- * away with it. Do not modify `data` until the promise settles.
- */
-export async function parseCrlOffThread(data: Buffer, fileType: CrlFileType, opts: { timeoutMs?: number } = {}): Promise<ParsedCrl> {
+async function offThread(data: Buffer, fileType: CrlFileType, signers: X509Certificate[] | null, timeoutMs = 60_000): Promise<{ crl: ParsedCrl; signer: number }> {
   if (!Buffer.isBuffer(data)) throw new TypeError('CRL data must be a Buffer');
   const buffer = await transferableCopy(data);
-  const timeoutMs = opts.timeoutMs ?? 60_000;
-  return new Promise<ParsedCrl>((resolve, reject) => {
-    let settled = false;
-    const worker = startThread({ buffer, fileType }, [buffer]);
-    const finish = (err: Error | null, crl?: ParsedCrl): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      void worker.terminate();
-      if (err) reject(err);
-      else resolve(crl as ParsedCrl);
-    };
-    const timer = setTimeout(() => finish(new Error(`CRL parsing timed out after ${timeoutMs} ms`)), timeoutMs);
-    worker.once('message', (m: CrlThreadResponse) => {
-      if (!m.ok) return finish(new Error(m.message));
-      try {
-        finish(null, crlFromTransfer(m.crl));
-      } catch (e) {
-        finish(e as Error);
-      }
-    });
-    worker.once('error', (e) => finish(new Error(`CRL parser thread failed: ${e.message}`)));
-    worker.once('exit', (code) => finish(new Error(`CRL parser thread exited (code ${code}) without an answer`)));
-  });
+  const der = signers?.map((c) => new Uint8Array(c.raw));
+  const m = await parserThread.request((id) => ({ id, buffer, fileType, signers: der ?? null }), [buffer], timeoutMs);
+  if (!m.ok) throw new Error(m.message);
+  return { crl: crlFromTransfer(m.crl), signer: m.signer };
+}
+
+/**
+ * `parseCrl` in the parser thread, so a 27 MB CRL does not block the event
+ * loop (this thread only copies the input, in chunks, and wraps the result).
+ * Do not modify `data` until the promise settles.
+ */
+export async function parseCrlOffThread(data: Buffer, fileType: CrlFileType, opts: { timeoutMs?: number } = {}): Promise<ParsedCrl> {
+  return (await offThread(data, fileType, null, opts.timeoutMs)).crl;
+}
+
+/**
+ * `parseCrl` and then `verifyCrlSignatureSync` against `candidates`, both in the parser
+ * thread: hashing the TBS (and Node's copy of it for an asynchronous verify) no longer
+ * runs on the caller's event loop. `signer` is null when no candidate verified it.
+ */
+export async function parseAndVerifyCrlOffThread(
+  data: Buffer,
+  fileType: CrlFileType,
+  candidates: X509Certificate[],
+  opts: { timeoutMs?: number } = {},
+): Promise<{ crl: ParsedCrl; signer: X509Certificate | null }> {
+  const { crl, signer } = await offThread(data, fileType, candidates, opts.timeoutMs);
+  return { crl, signer: candidates[signer] ?? null };
 }

@@ -3,7 +3,7 @@
  * `POST /v1/crl-sources/{name}/refresh`:
  *
  *   for the primary URL, then the secondary after a failure of any kind:
- *     download → parse (worker thread) → signature by a trusted CA
+ *     download → parse and signature by a trusted CA (the parser thread)
  *     → not older than the CRL in force → MULTI { SET DER, SET status, PUBLISH }
  *
  * A CRL that fails any step is never stored: the previous one stays in force
@@ -20,7 +20,7 @@
  */
 import { X509Certificate, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { crlSummary, isNewerOrSame, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from './parse.ts';
+import { crlSummary, isNewerOrSame, parseAndVerifyCrlOffThread, type ParsedCrl } from './parse.ts';
 import { CrlDownloadError, downloadCrl } from './download.ts';
 import { joinChunks } from '../../util/buffers.ts';
 import type { MinimalLogger } from '../../util/logger.ts';
@@ -178,16 +178,15 @@ async function refreshLocked(redis: Redis, source: CrlSource, ctx: RefreshContex
 /** Download, parse and check one URL's CRL; throws Refused/CrlDownloadError with the reason. */
 async function tryUrl(url: string, source: CrlSource, current: CrlStatus, ctx: RefreshContext): Promise<Accepted> {
   const data = await downloadCrl(url, { fileRoot: ctx.fileRoot, timeoutMs: ctx.timeoutMs, maxBytes: ctx.maxBytes });
-  let crl: ParsedCrl;
+  let checked: { crl: ParsedCrl; signer: X509Certificate | null };
   try {
-    crl = await parseCrlOffThread(data, source.fileType);
+    // Parse and signature check both in the parser thread: nothing of either on this event loop.
+    checked = await parseAndVerifyCrlOffThread(data, source.fileType, ctx.trustedCas);
   } catch (e) {
     throw new Refused((e as Error).message);
   }
-  // Receiving the parsed CRL and starting the verification each take some
-  // milliseconds on this thread (the latter copies the TBS); not in one turn.
-  await new Promise<void>((r) => setImmediate(r));
-  if (!(await verifyCrlSignature(crl, ctx.trustedCas))) throw new Refused(signatureProblem(crl, ctx.trustedCas));
+  const { crl } = checked;
+  if (!checked.signer) throw new Refused(signatureProblem(crl, ctx.trustedCas));
   if (crl.thisUpdate.getTime() > ctx.now.getTime() + MAX_FUTURE_SKEW_MS) {
     // Taken, it would make every later CRL without a CRL number look older.
     throw new Refused(`thisUpdate ${crl.thisUpdate.toISOString()} is in the future (check the clocks)`);

@@ -1,19 +1,27 @@
 /**
- * Worker-thread entry for `parseCrlOffThread` (see crl.ts): parses the CRL
- * handed over in `workerData` and posts it back with its buffers transferred.
+ * The parser thread's entry (see `ParserThread` in parse.ts): for each request, parses the
+ * CRL, verifies its signature when asked (synchronously: blocking is this thread's job) and
+ * posts it back with its buffers transferred. One thread serves every load of its process.
  */
-import { parentPort, workerData } from 'node:worker_threads';
-import { crlToTransfer, parseCrl, type CrlThreadRequest, type CrlThreadResponse } from './parse.ts';
+import { X509Certificate } from 'node:crypto';
+import { parentPort } from 'node:worker_threads';
+import { crlToTransfer, parseCrl, verifyCrlSignatureSync, type CrlThreadRequest } from './parse.ts';
 
 const port = parentPort;
-if (!port) throw new Error('crl-thread.ts must run in a worker thread');
+if (!port) throw new Error('thread.ts must run in a worker thread');
 
-const req = workerData as CrlThreadRequest;
-let reply: { message: CrlThreadResponse; transferList: ArrayBuffer[] };
-try {
-  const { message, transferList } = crlToTransfer(parseCrl(Buffer.from(req.buffer), req.fileType));
-  reply = { message: { ok: true, crl: message }, transferList };
-} catch (e) {
-  reply = { message: { ok: false, message: (e as Error).message }, transferList: [] };
-}
-port.postMessage(reply.message, reply.transferList);
+port.on('message', (req: CrlThreadRequest) => {
+  try {
+    const crl = parseCrl(Buffer.from(req.buffer), req.fileType);
+    let signer = -1;
+    if (req.signers) {
+      const candidates = req.signers.map((der) => new X509Certificate(der));
+      const found = verifyCrlSignatureSync(crl, candidates);
+      signer = found ? candidates.indexOf(found) : -1;
+    }
+    const { message, transferList } = crlToTransfer(crl);
+    port.postMessage({ id: req.id, ok: true, crl: message, signer }, transferList);
+  } catch (e) {
+    port.postMessage({ id: req.id, ok: false, message: (e as Error).message });
+  }
+});
