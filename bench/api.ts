@@ -1,4 +1,4 @@
-// `npx tsx bench/api.ts`: API throughput and latency on loopback.
+// `npx tsx bench/api.ts [--help]`: API throughput and latency on loopback (BENCH_DURATION_MS per route, default 5000).
 //
 // Starts its own Redis and the API in-process, creates a listener, then for each
 // scenario runs CONCURRENCY keep-alive clients for DURATION_MS (after a warm-up) and
@@ -8,7 +8,9 @@ import http from 'node:http';
 import { Redis } from 'ioredis';
 import { buildApp } from '../api/app.ts';
 import { startRedis } from '../test/helpers/redis.ts';
+import { exitWithUsageIfAsked } from './lib/usage.ts';
 
+exitWithUsageIfAsked(import.meta.url);
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 5000);
 const WARMUP_MS = 1000;
 const CONCURRENCY = 32;

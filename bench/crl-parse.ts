@@ -1,5 +1,5 @@
 /**
- * CRL benchmark: `npx tsx bench/crl-parse.ts [count=1000000]`
+ * CRL benchmark: `npx tsx bench/crl-parse.ts [count=1000000] [--help]`
  *
  * Makes a `count`-entry DER CRL with the test PKI helper (openssl), then
  * measures our parser against node-forge, the memory the parsed CRL holds,
@@ -13,7 +13,9 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parseCrl, parseCrlOffThread, verifyCrlSignature, type ParsedCrl } from '../shared/pki/crl/parse.ts';
 import { createPki } from '../test/helpers/pki.ts';
+import { exitWithUsageIfAsked } from './lib/usage.ts';
 
+exitWithUsageIfAsked(import.meta.url);
 const execFileAsync = promisify(execFile);
 const count = Number(process.argv[2] ?? 1_000_000);
 if (!Number.isInteger(count) || count < 1) throw new Error('usage: bench/crl-parse.ts [count]');

@@ -5,7 +5,7 @@
  * verifyClientCertificate, tls: required). Loopback only; prints numbers, asserts nothing.
  *
  *   npx tsx bench/crl.ts [--entries 1000000] [--seconds 8] [--rounds 3] [--clients 32]
- *                        [--warmup 1.5] [--greeting-delay off|on] [--worker-env NAME=VALUE ...]
+ *                        [--warmup 1.5] [--greeting-delay off|on] [--worker-env NAME=VALUE ...] [--help]
  *
  * 1. time to enforcement, 3 times: from the start of `POST /v1/crl-sources/{name}/refresh`
  *    with the big CRL in place to the first refused session of a client certificate it lists
@@ -59,6 +59,7 @@ import { cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.
 import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/load-generator.ts';
 import { fetchText, fmt, machineCpuMs, median, processCpuMs } from './lib/stats.ts';
 import { greetingDelayPreload, removeGreetingDelay } from './lib/greeting-delay.ts';
+import { exitWithUsageIfAsked } from './lib/usage.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const HOST = '127.0.0.1';
@@ -67,6 +68,7 @@ const SOURCE = 'root-crl';
 
 // ------------------------------------------------------------------------------- options
 
+exitWithUsageIfAsked(import.meta.url);
 const { values: argv } = parseArgs({
   options: {
     entries: { type: 'string', default: '1000000' },

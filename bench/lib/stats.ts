@@ -1,7 +1,7 @@
 // Small measuring helpers for bench/smtp.ts: percentiles, medians, the CPU time of other
 // processes (from /proc) and the worker's Prometheus histograms.
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -47,6 +47,46 @@ export async function processCpuMs(pid: number | undefined): Promise<number | nu
   } catch {
     return null;
   }
+}
+
+/**
+ * CPU time (ms) of a process tree so far: the root's own and its reaped children's
+ * (cutime/cstime) plus every live descendant's, the same way. A child that exits between two readings moves
+ * from the second sum into the first, so a difference of two readings counts it once (Postfix's
+ * smtpd, cleanup and smtp processes come and go under its master).
+ */
+export async function processTreeCpuMs(rootPid: number | undefined): Promise<number | null> {
+  if (!rootPid) return null;
+  const stats = new Map<number, { ppid: number; own: number; children: number }>();
+  let entries: string[];
+  try {
+    entries = await readdir('/proc');
+  } catch {
+    return null;
+  }
+  await Promise.all(
+    entries.filter((e) => /^\d+$/.test(e)).map(async (e) => {
+      try {
+        const stat = await readFile(`/proc/${e}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        stats.set(Number(e), { ppid: Number(f[1]), own: Number(f[11]) + Number(f[12]), children: Number(f[13]) + Number(f[14]) });
+      } catch {
+        // gone meanwhile: its time is in its parent's cutime now
+      }
+    }),
+  );
+  const root = stats.get(rootPid);
+  if (!root) return null;
+  const kids = new Map<number, number[]>();
+  for (const [pid, st] of stats) kids.set(st.ppid, [...(kids.get(st.ppid) ?? []), pid]);
+  let ticks = root.own + root.children;
+  const todo = [...(kids.get(rootPid) ?? [])];
+  for (let pid = todo.pop(); pid !== undefined; pid = todo.pop()) {
+    const st = stats.get(pid)!;
+    ticks += st.own + st.children;
+    todo.push(...(kids.get(pid) ?? []));
+  }
+  return (ticks * 1000) / (await clockTicks());
 }
 
 /** CPU time (ms) all processors spent busy and in total so far, from /proc/stat (null if unreadable). */

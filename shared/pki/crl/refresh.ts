@@ -3,7 +3,8 @@
  * `POST /v1/crl-sources/{name}/refresh`:
  *
  *   for the primary URL, then the secondary after a failure of any kind:
- *     download → parse and signature by a trusted CA (the parser thread)
+ *     download → parse and signature by a trusted CA (the parser thread),
+ *       meanwhile a new DER file is staged in Redis
  *     → not older than the CRL in force → MULTI { SET DER, SET status, PUBLISH }
  *
  * A CRL that fails any step is never stored: the previous one stays in force
@@ -18,7 +19,7 @@
  * the wait, it answers the current status unchanged. It never writes a status
  * of its own, so the holder's result is what everyone sees.
  */
-import { X509Certificate, randomUUID } from 'node:crypto';
+import { X509Certificate, randomUUID, webcrypto } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { crlSummary, isNewerOrSame, parseAndVerifyCrlOffThread, type ParsedCrl } from './parse.ts';
 import { CrlDownloadError, downloadCrl } from './download.ts';
@@ -137,6 +138,8 @@ interface Accepted {
   crl: ParsedCrl;
   /** The CRL as DER (what is stored, whatever the file type). */
   der: Buffer;
+  /** The staging key already holding `der` (staged while it was parsed), or null. */
+  staged: string | null;
 }
 
 /**
@@ -161,7 +164,7 @@ async function refreshLocked(redis: Redis, source: CrlSource, ctx: RefreshContex
   const errors: string[] = [];
   for (const { which, url } of urls) {
     try {
-      const accepted = await tryUrl(url, source, current, ctx);
+      const accepted = await tryUrl(redis, url, source, current, ctx);
       return await store(redis, source.name, accepted, current, ctx);
     } catch (e) {
       if (!(e instanceof Refused || e instanceof CrlDownloadError)) throw e;
@@ -176,8 +179,25 @@ async function refreshLocked(redis: Redis, source: CrlSource, ctx: RefreshContex
 }
 
 /** Download, parse and check one URL's CRL; throws Refused/CrlDownloadError with the reason. */
-async function tryUrl(url: string, source: CrlSource, current: CrlStatus, ctx: RefreshContext): Promise<Accepted> {
+async function tryUrl(redis: Redis, url: string, source: CrlSource, current: CrlStatus, ctx: RefreshContext): Promise<Accepted> {
   const data = await downloadCrl(url, { fileRoot: ctx.fileRoot, timeoutMs: ctx.timeoutMs, maxBytes: ctx.maxBytes });
+  // A new DER file goes to the staging key while the parser thread checks it (issue 12: the
+  // ~1 s of APPENDs of a 27 MB CRL no longer follow the parse); it is renamed into force only
+  // once it passed every check, and deleted when it did not.
+  const staging = source.fileType === 'asn1' ? stageIfNew(redis, source.name, data, current.sha256) : Promise.resolve(null);
+  staging.catch(() => undefined); // awaited below; a rejection meanwhile is not unhandled
+  try {
+    const checked = await checkCrl(data, source, current, ctx);
+    return { url, ...checked, staged: await staging };
+  } catch (e) {
+    // Awaited before the next URL stages under the same key.
+    const key = await staging.catch(() => null);
+    if (key) await redis.del(key).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function checkCrl(data: Buffer, source: CrlSource, current: CrlStatus, ctx: RefreshContext): Promise<{ crl: ParsedCrl; der: Buffer }> {
   let checked: { crl: ParsedCrl; signer: X509Certificate | null };
   try {
     // Parse and signature check both in the parser thread: nothing of either on this event loop.
@@ -193,7 +213,7 @@ async function tryUrl(url: string, source: CrlSource, current: CrlStatus, ctx: R
   }
   checkAgainstCurrent(crl, current, source);
   const der = source.fileType === 'pem' ? await pemCrlToDer(data, crl) : data;
-  return { url, crl, der };
+  return { crl, der };
 }
 
 /** Tells "no such trusted CA" from "a trusted CA of that name did not sign it". */
@@ -242,8 +262,9 @@ async function store(redis: Redis, name: string, a: Accepted, current: CrlStatus
   if (unchanged) {
     // Same bytes as the CRL in force: no reason to make every worker re-parse it.
     await redis.set(keys.crlStatus(name), JSON.stringify(status));
+    if (a.staged) await redis.del(a.staged);
   } else {
-    const staging = await stage(redis, name, a.der);
+    const staging = a.staged ?? (await stage(redis, name, a.der));
     const results = await redis
       .multi()
       .rename(staging, keys.crlData(name))
@@ -265,6 +286,15 @@ async function store(redis: Redis, name: string, a: Accepted, current: CrlStatus
  * APPENDs a few ms each; the RENAME keeps the switch atomic for readers. The
  * staging key expires on its own if this process dies midway.
  */
+/**
+ * Stages `der` unless its SHA-256 is `inForce`'s (the same file again, as most scheduled
+ * refreshes find: nothing to write). The digest runs on libuv's thread pool (WebCrypto).
+ */
+async function stageIfNew(redis: Redis, name: string, der: Buffer, inForce: string | null): Promise<string | null> {
+  const digest = Buffer.from(await webcrypto.subtle.digest('SHA-256', der)).toString('hex');
+  return digest === inForce ? null : stage(redis, name, der);
+}
+
 async function stage(redis: Redis, name: string, der: Buffer): Promise<string> {
   const staging = `${keys.crlData(name)}:incoming`;
   // One pipeline: the slices go out back to back instead of one round trip each.
