@@ -580,8 +580,10 @@ async function main(): Promise<void> {
     let postfix: { port: number; instance: Awaited<ReturnType<typeof startPostfix>> } | null = null;
     if (scenarios.includes('cert') && postfixMissing === null) {
       const port = await freePort();
+      // Its own directory: Postfix's processes (user postfix) cannot enter the private workDir.
+      const dir = own(await mkdtemp(join(tmpdir(), 'certgate-bench-postfix-')), (d) => rm(d, { recursive: true, force: true }));
       const instance = await startPostfix({
-        dir: join(workDir, 'postfix'), port, sinkPort: sys.sink.port, caPem: pki.root.certPem, certPem: server.certPem, keyPem: server.keyPem,
+        dir, port, sinkPort: sys.sink.port, caPem: pki.root.certPem, certPem: server.certPem, keyPem: server.keyPem,
       });
       own(instance, (v) => v.stop());
       postfix = { port, instance };
