@@ -505,7 +505,13 @@ async function main(): Promise<void> {
     await sub.subscribe(keys.crlChannel);
 
     console.log(`\n1. time to enforcement: refresh with the big CRL in place, ${ENFORCE_RUNS} times (the empty CRL back in force before each)`);
-    interface Enforcement { total: number; loaded: number | null; refresh: number; publish: number | null; load: number | null; refusedStart: number | null; refusedEnd: number | null; probes: number }
+    interface Enforcement { total: number; loaded: number | null; refresh: number; publish: number | null; load: number | null; refusedStart: number | null; refusedEnd: number | null; probes: number; apiLagMs: number | null }
+    /** The API's longest event-loop delay since the last scrape (prom-client resets it at each). */
+    const apiLagMs = async (): Promise<number | null> => {
+      const { body } = await sys.api.call<string>('GET', '/metrics');
+      const m = /^nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(typeof body === 'string' ? body : '');
+      return m ? Number(m[1]) * 1000 : null;
+    };
     const enforcement: Enforcement[] = [];
     let memBefore: WorkerMemory | null = null;
     let memAfter: WorkerMemory | null = null;
@@ -520,11 +526,13 @@ async function main(): Promise<void> {
       if (run === 1) memBefore = await workerMemory(metricsUrl, worker.child.pid);
       await writeFile(crlPath, big.der);
       publishedAt = null;
+      await apiLagMs(); // resets the API's maximum
       const T0 = Date.now();
       const refreshing = sys.api.ok<SourceStatus>('POST', `/v1/crl-sources/${SOURCE}/refresh`).then((st) => ({ status: st, at: Date.now() }));
       refreshing.catch(() => undefined); // awaited below; a failure meanwhile (Ctrl-C) must not be an unhandled rejection
       const polls = await pollUntilRevoked(workerPort, revoked, T0 + ENFORCE_DEADLINE_MS);
       const refreshed = await refreshing;
+      const lag = await apiLagMs();
       checkpoint();
       if (refreshed.status.lastError !== null || refreshed.status.revokedCount !== entries) throw new Error(`refresh failed: ${JSON.stringify(refreshed.status)}`);
       const firstRefused = polls.find((p) => p.outcome === 'revoked');
@@ -539,11 +547,13 @@ async function main(): Promise<void> {
         refusedStart: firstRefused ? firstRefused.start - T0 : null,
         refusedEnd: firstRefused ? firstRefused.end - T0 : null,
         probes: polls.length,
+        apiLagMs: lag,
       };
       enforcement.push(e);
       const ms = (x: number | null): string => (x === null ? 'n/a' : `${fmt(x, 0)} ms`);
       console.log(`   run ${run}: first refused probe answered at ${ms(e.total)} (started ${ms(e.refusedStart)}; ${e.probes} probes) — refresh call (download + parse + verify + store) ${ms(e.refresh)}, ` +
-        `PUBLISH at ${ms(e.publish)}, worker "CRL loaded" at ${ms(e.loaded)}: worker load (PUBLISH → loaded) ${ms(e.load)}`);
+        `PUBLISH at ${ms(e.publish)}, worker "CRL loaded" at ${ms(e.loaded)}: worker load (PUBLISH → loaded) ${ms(e.load)}; ` +
+        `the API's longest event-loop delay meanwhile ${ms(e.apiLagMs)} (includes waits for a CPU on a busy machine)`);
       for (const o of polls.filter((p) => p.outcome !== 'accepted' && p.outcome !== 'revoked').slice(0, 3)) console.log(`     note: a probe ended otherwise: ${o.outcome}`);
       if (run === 1) {
         await waitForHeartbeat(sys, workerId, entries, 10_000);
@@ -556,7 +566,7 @@ async function main(): Promise<void> {
     const enforcementMs = med((e) => e.total);
     const allRefused = enforcement.every((e) => Number.isFinite(e.total));
     summary.push(`time to enforcement: median ${fmt(enforcementMs, 0)} ms (runs ${enforcement.map((e) => fmt(e.total, 0)).join('/')}) from the start of the refresh call to a refused session; ` +
-      `refresh call (download + verify + store) ${fmt(med((e) => e.refresh), 0)} ms, worker load (PUBLISH → "CRL loaded") ${fmt(med((e) => e.load), 0)} ms, CRL in force in the worker at ${fmt(med((e) => e.loaded), 0)} ms ` +
+      `refresh call (download + verify + store) ${fmt(med((e) => e.refresh), 0)} ms (the API's event loop at most ${fmt(med((e) => e.apiLagMs ?? NaN), 0)} ms late), worker load (PUBLISH → "CRL loaded") ${fmt(med((e) => e.load), 0)} ms, CRL in force in the worker at ${fmt(med((e) => e.loaded), 0)} ms ` +
       `— target < ${TARGETS.enforcementMs} ms: ${verdict(enforcementMs < TARGETS.enforcementMs && allRefused)}`);
 
     // ------------------------------------------------------------------ 2

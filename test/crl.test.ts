@@ -408,6 +408,19 @@ describe('crl', () => {
       assert.equal((await parseCrlOffThread(der, 'asn1')).revokedCount, revokedSerials.length);
     });
 
+    test('handOver: a Buffer that owns its memory moves to the thread (emptied, not copied); a pooled or small one is copied', async () => {
+      const big = await pki.bigCrl(300_000);
+      const own = Buffer.allocUnsafeSlow(big.der.length);
+      big.der.copy(own);
+      const off = await parseCrlOffThread(own, 'asn1', { handOver: true });
+      assert.equal(off.revokedCount, 300_000);
+      assert.equal(off.sha256, parseCrl(big.der, 'asn1').sha256);
+      assert.equal(own.length, 0, 'moved to the thread');
+      const small = Buffer.from(der);
+      assert.equal((await parseCrlOffThread(small, 'asn1', { handOver: true })).revokedCount, revokedSerials.length);
+      assert.ok(small.equals(der), 'too small to move: copied, untouched');
+    });
+
     test('works in an app started with the tsx CLI', async () => {
       const crlPath = join(pki.dir, 'offthread.crl');
       await writeFile(crlPath, der);

@@ -876,7 +876,14 @@ class ParserThread {
       const timer = setTimeout(() => this.fail(new Error(`CRL parsing timed out after ${timeoutMs} ms`)), timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       worker.ref();
-      worker.postMessage(make(id), transferList);
+      try {
+        worker.postMessage(make(id), transferList);
+      } catch (e) {
+        this.pending.delete(id);
+        clearTimeout(timer);
+        if (this.pending.size === 0) worker.unref();
+        reject(e as Error);
+      }
     });
   }
 
@@ -928,9 +935,24 @@ async function transferableCopy(data: Uint8Array): Promise<ArrayBuffer> {
   return copy.buffer as ArrayBuffer;
 }
 
-async function offThread(data: Buffer, fileType: CrlFileType, signers: X509Certificate[] | null, timeoutMs = 60_000): Promise<{ crl: ParsedCrl; signer: number }> {
+export interface OffThreadOptions {
+  timeoutMs?: number;
+  /**
+   * The caller gives `data` up: when it is the whole of its own ArrayBuffer (a large Buffer
+   * from joinChunks or allocUnsafeSlow), that memory moves to the thread instead of being
+   * copied, and `data` is empty afterwards. Saves a copy and its memory (a worker's load).
+   */
+  handOver?: boolean;
+}
+
+function ownsItsMemory(data: Buffer): boolean {
+  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer && data.byteLength >= COPY_CHUNK;
+}
+
+async function offThread(data: Buffer, fileType: CrlFileType, signers: X509Certificate[] | null, opts: OffThreadOptions): Promise<{ crl: ParsedCrl; signer: number }> {
   if (!Buffer.isBuffer(data)) throw new TypeError('CRL data must be a Buffer');
-  const buffer = await transferableCopy(data);
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const buffer = opts.handOver && ownsItsMemory(data) ? (data.buffer as ArrayBuffer) : await transferableCopy(data);
   const der = signers?.map((c) => new Uint8Array(c.raw));
   const m = await parserThread.request((id) => ({ id, buffer, fileType, signers: der ?? null }), [buffer], timeoutMs);
   if (!m.ok) throw new Error(m.message);
@@ -940,10 +962,10 @@ async function offThread(data: Buffer, fileType: CrlFileType, signers: X509Certi
 /**
  * `parseCrl` in the parser thread, so a 27 MB CRL does not block the event
  * loop (this thread only copies the input, in chunks, and wraps the result).
- * Do not modify `data` until the promise settles.
+ * Do not modify `data` until the promise settles (nor use it after, with `handOver`).
  */
-export async function parseCrlOffThread(data: Buffer, fileType: CrlFileType, opts: { timeoutMs?: number } = {}): Promise<ParsedCrl> {
-  return (await offThread(data, fileType, null, opts.timeoutMs)).crl;
+export async function parseCrlOffThread(data: Buffer, fileType: CrlFileType, opts: OffThreadOptions = {}): Promise<ParsedCrl> {
+  return (await offThread(data, fileType, null, opts)).crl;
 }
 
 /**
@@ -955,8 +977,8 @@ export async function parseAndVerifyCrlOffThread(
   data: Buffer,
   fileType: CrlFileType,
   candidates: X509Certificate[],
-  opts: { timeoutMs?: number } = {},
+  opts: OffThreadOptions = {},
 ): Promise<{ crl: ParsedCrl; signer: X509Certificate | null }> {
-  const { crl, signer } = await offThread(data, fileType, candidates, opts.timeoutMs);
+  const { crl, signer } = await offThread(data, fileType, candidates, opts);
   return { crl, signer: candidates[signer] ?? null };
 }

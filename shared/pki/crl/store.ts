@@ -204,7 +204,8 @@ export class CrlStore {
     if (der === null) return this.drop(name, 'no CRL in force');
     let crl;
     try {
-      crl = await parseCrlOffThread(der, 'asn1');
+      // The DER is not needed after the parse: its memory moves to the parser thread, no copy.
+      crl = await parseCrlOffThread(der, 'asn1', { handOver: true });
     } catch (e) {
       // The previous CRL (if any) stays: an unreadable newer one must not lift revocations.
       this.logger.error({ source: name, err: (e as Error).message }, 'CRL store: the stored CRL cannot be parsed; keeping the previous one');
