@@ -41,6 +41,8 @@ TEST_PACKAGES=(
   postfix              # a real relaying client and benchmark reference (test/helpers/postfix.ts; brings smtp-sink)
   iproute2             # `ip link set lo up` in the network namespace of the test OCSP responder
   util-linux           # unshare and nsenter for it (test/helpers/ocsp-responder.ts)
+  prometheus           # promtool: checks deploy/prometheus/alerts.yml (test/monitoring.test.ts)
+  msmtp                # a real mail client with `auth external` (test/msmtp.test.ts)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -137,6 +139,7 @@ EOF
     case "$p" in
       redis-server) stop_system_service redis-server /run/redis/redis-server.pid ;;
       slapd) stop_system_service slapd /run/slapd/slapd.pid ;;
+      prometheus) stop_system_service prometheus /run/prometheus/prometheus.pid ;;
     esac
   done
 fi

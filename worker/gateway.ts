@@ -83,7 +83,12 @@ export class Gateway {
         const verdict = this.revocation(chain, 'outboundSmtpTls');
         return verdict.status === 'revoked' || verdict.status === 'crl-expired' ? verdict.status : null;
       },
-      relay: this.pool.relay,
+      relay: async (...args: Parameters<NextHopPool['relay']>) => {
+        const started = performance.now();
+        const result = await this.pool.relay(...args);
+        o.metrics.observeRelay(result, (performance.now() - started) / 1000);
+        return result;
+      },
       observe: {
         auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
         relay: (outcome) => o.metrics.relay.inc({ outcome }),

@@ -1,6 +1,7 @@
 // Prometheus metrics of a worker, served on METRICS_PORT.
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RelayResult } from './relay/next-hop.ts';
 
 export class WorkerMetrics {
   readonly registry = new Registry();
@@ -12,6 +13,15 @@ export class WorkerMetrics {
     name: 'certgate_auth_throttled_total', help: 'AUTH commands refused by authFailureThrottle', labelNames: ['scope'], registers: [this.registry],
   });
   readonly relay = new Counter({ name: 'certgate_relay_total', help: 'Messages by relay outcome', labelNames: ['outcome'], registers: [this.registry] });
+  /** From the start of DATA (the message streams through) to the next hop's verdict. */
+  readonly relayDuration = new Histogram({
+    name: 'certgate_relay_duration_seconds', help: 'Time for the next hop to take or refuse a message, from the start of DATA', labelNames: ['outcome'],
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers: [this.registry],
+  });
+  /** Messages the next hop did not take, by the stage it failed at (connect, tls, ehlo, mail, rcpt, data, message) and reply class. */
+  readonly nextHopFailures = new Counter({
+    name: 'certgate_next_hop_failures_total', help: 'Messages the next hop did not accept, by stage and reply class', labelNames: ['stage', 'class'], registers: [this.registry],
+  });
   readonly nextHopConnections = new Counter({
     name: 'certgate_next_hop_connections_total',
     help: 'Relayed messages by next-hop connection: a kept one reused, or none kept (a new one opened)',
@@ -27,6 +37,12 @@ export class WorkerMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  observeRelay(result: RelayResult, seconds: number): void {
+    const cls = `${String(result.reply.code)[0]}xx`;
+    this.relayDuration.observe({ outcome: result.accepted ? 'accepted' : `refused-${cls}` }, seconds);
+    if (!result.accepted) this.nextHopFailures.inc({ stage: result.stage, class: cls });
   }
 
   /** Serves GET /metrics; resolves once listening. */
