@@ -5,6 +5,7 @@ import { AjvCompiler, type Options, type ValidatorCompiler, type ValidatorFactor
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
+import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
 import type { CrlStatus } from '../shared/config/schemas.ts';
 import { revocationHook, type ApiHttpsOptions } from './mtls.ts';
 import type { App, ApiContext } from './context.ts';
@@ -12,7 +13,7 @@ import { registerAuth } from './auth.ts';
 import { ConfigCache } from './config-cache.ts';
 import { registerConfigRoutes } from './config-routes.ts';
 import { errorHandler, formatSchemaErrors, notFoundHandler, serviceUnavailable } from './errors.ts';
-import { registerMetrics } from './metrics.ts';
+import { createApiMetrics, registerMetrics } from './metrics.ts';
 import { registerOpenApi } from './openapi.ts';
 import { registerActionRoutes } from './action-routes.ts';
 import { RESOURCE_KINDS } from './resource-kinds.ts';
@@ -31,6 +32,8 @@ export interface BuildAppOptions {
   https?: ApiHttpsOptions;
   /** With https: the CRLs in force, for §2.6 `webInterface`. */
   crls?: Pick<CrlStore, 'check'>;
+  /** With https: the OCSP checker for §2.6b `webInterface`; default one on `redis`, counted in /metrics. */
+  ocsp?: Pick<OcspChecker, 'check'>;
   /** POST /v1/crl-sources/{name}/refresh: the scheduler (or its queue client). Absent: 503. */
   crlRefresh?: (name: string) => Promise<CrlStatus>;
 }
@@ -97,12 +100,16 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
     redis: opts.redis, config: cache, write: configWriter(transactions, cache),
     crlRefresh: opts.crlRefresh ?? (async () => { throw serviceUnavailable('no CRL scheduler in this process'); }),
   };
-  if (opts.https && opts.crls) app.addHook('onRequest', revocationHook(opts.crls, async () => (await cache.get()).crlSettings));
+  const metrics = createApiMetrics();
+  if (opts.https) {
+    const ocsp = opts.ocsp ?? new OcspChecker({ redis: opts.redis, logger: app.log, observer: metrics.ocsp });
+    app.addHook('onRequest', revocationHook({ crls: opts.crls ?? null, ocsp }, async () => await cache.get()));
+  }
 
   // First: the OpenAPI document lists the routes registered after it.
   await registerOpenApi(app);
   registerAuth(app, opts.redis, opts.apiToken);
-  registerMetrics(app, ctx);
+  registerMetrics(app, ctx, metrics);
   registerStatusRoutes(app, ctx);
   registerTokenRoutes(app, ctx);
   for (const kind of RESOURCE_KINDS) registerResourceRoutes(app, ctx, kind);

@@ -2,19 +2,32 @@
 // requests by route and status, their duration, the configuration version in force, and
 // the state kept in Redis that alerts need whichever process wrote it (the CRL scheduler
 // may run apart, workers elsewhere): each CRL source's updates, downloads and schedule,
-// and the workers alive with their configuration versions (deploy/prometheus/alerts.yml).
+// and the workers alive with their configuration versions (deploy/prometheus/alerts.yml);
+// and the OCSP checks of mutual-TLS clients.
 // One registry per app, so that several apps in one process (tests) do not collide.
 import { CronExpressionParser } from 'cron-parser';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { readCrlStatus } from '../shared/pki/crl/stored.ts';
 import { listWorkers } from '../shared/status/workers.ts';
 import type { CrlSource, CrlStatus, WorkerStatus } from '../shared/config/schemas.ts';
+import type { OcspObserver } from '../shared/pki/ocsp/checker.ts';
+import { ocspMetrics } from '../shared/status/ocsp-metrics.ts';
 import type { ApiContext, App } from './context.ts';
 import { errorResponses } from './http-schemas.ts';
 
-export function registerMetrics(app: App, ctx: ApiContext): void {
+export interface ApiMetrics {
+  registry: Registry;
+  /** Counts the OCSP checks of the `webInterface` revocation hook. */
+  ocsp: OcspObserver;
+}
+
+export function createApiMetrics(): ApiMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  return { registry, ocsp: ocspMetrics(registry) };
+}
+
+export function registerMetrics(app: App, ctx: ApiContext, { registry }: ApiMetrics): void {
   const labelNames = ['method', 'route', 'status'] as const;
   const requests = new Counter({ name: 'certgate_api_requests_total', help: 'HTTP requests answered', labelNames, registers: [registry] });
   const duration = new Histogram({

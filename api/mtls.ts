@@ -1,7 +1,7 @@
 /**
- * The API with mutual TLS (SPEC §2.6 `webInterface`): HTTPS options from the
- * environment, and an `onRequest` hook that refuses client certificates the
- * CRLs revoke.
+ * The API with mutual TLS (SPEC §2.6 and §2.6b `webInterface`): HTTPS options
+ * from the environment, and an `onRequest` hook that refuses client
+ * certificates that OCSP or the CRLs revoke (shared/pki/revocation.ts).
  *
  * The TLS layer (`requestCert` + `rejectUnauthorized` against API_CLIENT_CA)
  * already refuses clients without a valid certificate; the hook adds the
@@ -13,8 +13,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { CrlStore } from '../shared/pki/crl/store.ts';
-import type { CrlSettings } from '../shared/config/schemas.ts';
+import { checkRevocation, type RevocationRefusal, type RevocationSettings, type RevocationSources } from '../shared/pki/revocation.ts';
 import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/certificate.ts';
 
 export interface ApiHttpsOptions {
@@ -94,36 +93,36 @@ function forbidden(reply: FastifyReply, message: string): FastifyReply {
   return reply.code(403).send({ statusCode: 403, error: 'Forbidden', message });
 }
 
+const REFUSALS: Record<RevocationRefusal, string> = {
+  revoked: 'client certificate revoked',
+  'crl-expired': 'client certificate cannot be checked: the CRL has expired',
+  'revocation-unavailable': 'client certificate cannot be checked: its revocation status is unavailable',
+};
+
 /**
- * A Fastify `onRequest` hook: with `webInterface` on and a TLS connection,
- * a revoked client certificate gets 403 `client certificate revoked`, and one
- * whose issuer's only CRL has expired gets 403 under `onExpiredCrl: reject`
- * (`accept-and-log` lets it through with a warning). Certificates of issuers
- * without a CRL pass (the TLS layer validated them). Plain-HTTP requests are
- * not affected: there is no client certificate to check.
+ * A Fastify `onRequest` hook: with `webInterface` on (in the CRL or OCSP
+ * settings) and a TLS connection, a certificate refused by the revocation
+ * check gets 403 with the reason (revoked, CRL expired under `onExpiredCrl:
+ * reject`, OCSP unavailable under `onUnavailable: reject`). A certificate let
+ * through without a revocation status (`accept-and-log`) is logged with a
+ * warning. Plain-HTTP requests are not affected: there is no client
+ * certificate to check.
  */
-export function revocationHook(store: Pick<CrlStore, 'check'>, getSettings: () => Promise<CrlSettings> | CrlSettings) {
+export function revocationHook(sources: RevocationSources, getSettings: () => Promise<RevocationSettings> | RevocationSettings) {
   return async function checkClientCertificate(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const socket = request.raw.socket as TLSSocket;
     if (!socket.encrypted) return undefined;
     const settings = await getSettings();
-    if (!settings.webInterface) return undefined;
+    if (!settings.crlSettings.webInterface && !settings.ocspSettings.webInterface) return undefined;
     const chain = peerChain(socket);
     // Unreachable with rejectUnauthorized, but a check that cannot run must not pass.
     if (chain.length === 0) return forbidden(reply, 'client certificate required');
-    const verdict = store.check(chain, new Date(), settings);
-    switch (verdict.status) {
-      case 'revoked':
-        request.log.warn({ detail: verdict.detail }, 'client certificate revoked');
-        return forbidden(reply, 'client certificate revoked');
-      case 'crl-expired':
-        request.log.warn({ detail: verdict.detail }, 'client certificate refused: its CRL has expired');
-        return forbidden(reply, 'client certificate cannot be checked: the CRL has expired');
-      case 'crl-expired-accepted':
-        request.log.warn({ detail: verdict.detail }, 'client certificate accepted although its CRL has expired');
-        return undefined;
-      default:
-        return undefined;
+    const decision = await checkRevocation(sources, chain, 'webInterface', settings);
+    if (decision.refuse) {
+      request.log.warn({ detail: decision.detail, reason: decision.refuse }, 'client certificate refused');
+      return forbidden(reply, REFUSALS[decision.refuse]);
     }
+    if (decision.unverified) request.log.warn({ detail: decision.detail }, 'client certificate accepted without a revocation status');
+    return undefined;
   };
 }

@@ -1,5 +1,6 @@
-// The API in mutual-TLS mode (api/mtls.ts, SPEC §2.6 `webInterface`): HTTPS options from
-// the environment, and the revocation hook on a minimal Fastify HTTPS server.
+// The API in mutual-TLS mode (api/mtls.ts, SPEC §2.6 and §2.6b `webInterface`): HTTPS options
+// from the environment, and the revocation hook (CRLs, and OCSP against openssl's responder)
+// on a minimal Fastify HTTPS server.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -13,10 +14,13 @@ import { httpsOptionsFromEnv, revocationHook } from '../api/mtls.ts';
 import { updateConfig } from '../shared/config/store.ts';
 import { refreshSource } from '../shared/pki/crl/refresh.ts';
 import { CrlStore } from '../shared/pki/crl/store.ts';
-import { DEFAULT_CRL_SETTINGS, type CrlSettings, type CrlSource } from '../shared/config/schemas.ts';
+import { DEFAULT_CRL_SETTINGS, DEFAULT_OCSP_SETTINGS, type CrlSettings, type CrlSource, type OcspSettings } from '../shared/config/schemas.ts';
+import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
+import { startOcspResponder, type OcspResponder } from './helpers/ocsp-responder.ts';
 import { eventually, startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';
 import { createPki, type Issued, type Pki } from './helpers/pki.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
+import { freePort } from './helpers/ports.ts';
 
 let pki: Pki;
 let dir: string;
@@ -28,8 +32,12 @@ let store: CrlStore;
 let app: FastifyInstance;
 let port: number;
 let alice: Issued; // valid
-let bob: Issued; // revoked
+let bob: Issued; // revoked (CRL)
+let carol: Issued; // revoked (OCSP only)
+let dave: Issued; // valid, never asked about before the responder goes away
 let settings: CrlSettings;
+let ocspSettings: OcspSettings = DEFAULT_OCSP_SETTINGS;
+let responder: OcspResponder;
 
 interface Answer {
   status: number;
@@ -68,7 +76,7 @@ async function enforce(name: string, crl: Buffer): Promise<void> {
 before(async () => {
   [pki, dir, redisServer, web] = await Promise.all([createPki(), mkdtemp(join(tmpdir(), 'certgate-mtls-')), startRedis(), startCrlServer()]);
   const server = await pki.server({ cn: 'api.example.com' });
-  [alice, bob] = await Promise.all([pki.client({ cn: 'ALICE', issuer: 'intermediate' }), pki.client({ cn: 'BOB', issuer: 'intermediate' })]);
+  [alice, bob, carol, dave] = await Promise.all(['ALICE', 'BOB', 'CAROL', 'DAVE'].map((cn) => pki.client({ cn, issuer: 'intermediate' })));
   env = { API_TLS_CERT: join(dir, 'api.pem'), API_TLS_KEY: join(dir, 'api.key'), API_CLIENT_CA: join(dir, 'ca.pem') };
   await Promise.all([writeFile(env.API_TLS_CERT, server.certPem), writeFile(env.API_TLS_KEY, server.keyPem), writeFile(env.API_CLIENT_CA, pki.root.certPem)]);
 
@@ -80,7 +88,9 @@ before(async () => {
   const httpsOptions = httpsOptionsFromEnv(env);
   assert.ok(httpsOptions);
   app = Fastify({ https: httpsOptions });
-  app.addHook('onRequest', revocationHook(store, () => settings));
+  responder = await startOcspResponder({ ca: pki.intermediate, entries: [{ serial: alice.serial }, { serial: bob.serial }, { serial: carol.serial, revoked: { reason: 'affiliationChanged' } }] });
+  const ocsp = new OcspChecker({ redis: null, logger: testLogger() });
+  app.addHook('onRequest', revocationHook({ crls: store, ocsp }, () => ({ crlSettings: settings, ocspSettings })));
   app.get('/v1/ping', async () => ({ ok: true }));
   await app.listen({ host: '127.0.0.1', port: 0 });
   port = (app.server.address() as AddressInfo).port;
@@ -88,6 +98,7 @@ before(async () => {
 
 after(async () => {
   await app?.close();
+  await responder?.stop();
   await store?.stop();
   redis?.disconnect();
   await Promise.all([web?.close(), redisServer?.stop(), pki?.cleanup(), dir && rm(dir, { recursive: true, force: true })]);
@@ -143,5 +154,26 @@ describe('revocation hook', () => {
     settings = { ...settings, onExpiredCrl: 'accept-and-log' };
     assert.equal((await get(alice)).status, 200);
     assert.equal((await get(bob)).status, 403, 'revoked stays revoked');
+  });
+});
+
+describe('revocation hook with OCSP', () => {
+  test('webInterface in the OCSP settings: revoked by OCSP only gets 403, good passes', async () => {
+    assert.equal((await get(carol)).status, 200, 'OCSP off: the CRLs do not know carol');
+    ocspSettings = { ...DEFAULT_OCSP_SETTINGS, webInterface: true, responderUrl: responder.url };
+    assert.deepEqual(await get(carol), { status: 403, body: { statusCode: 403, error: 'Forbidden', message: 'client certificate revoked' } });
+    assert.equal((await get(alice)).status, 200);
+  });
+
+  test('no answer: onUnavailable reject gets 403, accept-and-log and use-crl pass', async () => {
+    const closed = `http://127.0.0.1:${await freePort()}/`;
+    ocspSettings = { ...DEFAULT_OCSP_SETTINGS, webInterface: true, responderUrl: closed, onUnavailable: 'reject' };
+    assert.deepEqual(await get(dave), { status: 403, body: { statusCode: 403, error: 'Forbidden', message: 'client certificate cannot be checked: its revocation status is unavailable' } });
+    assert.equal((await get(alice)).status, 200, 'alice: the answer cached before the responder went away');
+    ocspSettings = { ...ocspSettings, onUnavailable: 'accept-and-log' };
+    assert.equal((await get(dave)).status, 200);
+    ocspSettings = { ...ocspSettings, onUnavailable: 'use-crl' };
+    assert.equal((await get(dave)).status, 200);
+    assert.equal((await get(bob)).status, 403, 'use-crl: the CRL still revokes bob');
   });
 });
