@@ -13,7 +13,8 @@ import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
 import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
-import type { CrlSettings } from '../shared/config/schemas.ts';
+import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
+import { checkRevocation, type RevocationSettings } from '../shared/pki/revocation.ts';
 import type { ListenerRuntime, RevocationCheck, SessionDeps } from './smtp/session.ts';
 import type { GatewayServer } from './smtp/adapter.ts';
 import type { X509Certificate } from 'node:crypto';
@@ -53,7 +54,10 @@ export class Gateway {
   private readonly pool: NextHopPool;
   private readonly deps: SessionDeps;
   private version = -1;
-  private crlSettings: CrlSettings | null = null;
+  /** The CRL and OCSP settings of the configuration applied; null before the first. */
+  private revocationSettings: RevocationSettings | null = null;
+  /** §2.6b: OCSP answers shared with every worker through Redis. */
+  private readonly ocsp: OcspChecker;
   private sessions = 0;
   private applying: Promise<void> = Promise.resolve();
   private reloadQueued = false;
@@ -68,6 +72,7 @@ export class Gateway {
     this.sub = new Redis(o.redisUrl, { lazyConnect: true });
     this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
     this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
+    this.ocsp = new OcspChecker({ redis: this.redis, logger: o.logger, observer: o.metrics.ocsp });
     this.pool = new NextHopPool({}, (reused) => o.metrics.nextHopConnections.inc({ connection: reused ? 'reused' : 'new' }));
     this.directories = new DirectoryRegistry((q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000));
     this.deps = {
@@ -80,8 +85,12 @@ export class Gateway {
       directory: (name) => this.directories.get(name),
       revocation: (chain) => this.revocation(chain, 'inboundSmtpTls'),
       checkNextHop: async (chain) => {
-        const verdict = this.revocation(chain, 'outboundSmtpTls');
-        return verdict.status === 'revoked' || verdict.status === 'crl-expired' ? verdict.status : null;
+        const settings = this.revocationSettings;
+        if (!settings) return null;
+        const decision = await checkRevocation({ crls: o.crls ?? null, ocsp: this.ocsp }, chain, 'outboundSmtpTls', settings);
+        if (decision.refuse) o.logger.warn({ detail: decision.detail, reason: decision.refuse }, 'next hop certificate refused');
+        else if (decision.unverified) o.logger.warn({ detail: decision.detail }, 'next hop certificate accepted without a revocation status');
+        return decision.refuse;
       },
       relay: async (...args: Parameters<NextHopPool['relay']>) => {
         const started = performance.now();
@@ -126,7 +135,7 @@ export class Gateway {
 
   private async apply(config: VersionedConfig): Promise<void> {
     this.directories.apply(config.ldapProfiles);
-    this.crlSettings = config.crlSettings;
+    this.revocationSettings = { crlSettings: config.crlSettings, ocspSettings: config.ocspSettings };
     const wanted = new Map(config.listeners.filter((l) => l.enabled).map((l) => [l.name, l]));
     for (const [name, r] of this.running) {
       const l = wanted.get(name);
@@ -211,7 +220,7 @@ export class Gateway {
 
   /** §2.6: inboundSmtpTls checks client certificates, outboundSmtpTls the next hop's. */
   private revocation(chain: X509Certificate[], which: 'inboundSmtpTls' | 'outboundSmtpTls'): RevocationCheck {
-    const settings = this.crlSettings;
+    const settings = this.revocationSettings?.crlSettings;
     if (!settings?.[which]) return { status: 'disabled' };
     return this.o.crls?.check(chain, new Date(), settings) ?? { status: 'unchecked' };
   }

@@ -1,6 +1,7 @@
 // Prometheus metrics of a worker, served on METRICS_PORT.
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { ocspMetrics } from '../shared/status/ocsp-metrics.ts';
 import type { RelayResult } from './relay/next-hop.ts';
 
 export class WorkerMetrics {
@@ -33,6 +34,8 @@ export class WorkerMetrics {
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
   });
   readonly configVersion = new Gauge({ name: 'certgate_config_version', help: 'Configuration version applied', registers: [this.registry] });
+  /** §2.6b: OCSP requests, cache hits and results by outcome. */
+  readonly ocsp = ocspMetrics(this.registry);
   readonly crlEntries = new Gauge({ name: 'certgate_crl_revoked_entries', help: 'Revoked serials held, by CRL source', labelNames: ['source'], registers: [this.registry] });
 
   constructor() {
