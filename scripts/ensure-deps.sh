@@ -43,6 +43,12 @@ TEST_PACKAGES=(
   util-linux           # unshare and nsenter for it (test/helpers/ocsp-responder.ts)
   prometheus           # promtool: checks deploy/prometheus/alerts.yml (test/monitoring.test.ts)
   msmtp                # a real mail client with `auth external` (test/msmtp.test.ts)
+  samba                # Active Directory DC for the directory tests (test/helpers/samba-ad.ts)
+  samba-ad-dc
+  samba-ad-provision   # provisioning data (a Recommends of samba-ad-dc)
+  samba-dsdb-modules
+  389-ds-base          # 389 Directory Server (test/helpers/dirsrv.ts)
+  libnss3-tools        # certutil, pk12util: the 389-ds server certificate
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -140,6 +146,11 @@ EOF
       redis-server) stop_system_service redis-server /run/redis/redis-server.pid ;;
       slapd) stop_system_service slapd /run/slapd/slapd.pid ;;
       prometheus) stop_system_service prometheus /run/prometheus/prometheus.pid ;;
+      samba-ad-dc) stop_system_service samba-ad-dc /run/samba/samba.pid ;;
+      samba)
+        stop_system_service smbd /run/samba/smbd.pid
+        stop_system_service nmbd /run/samba/nmbd.pid
+        ;;
     esac
   done
 fi

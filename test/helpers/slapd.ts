@@ -6,17 +6,16 @@
  * processes are used: tests host servers in the same process, and a
  * synchronous child process would block their event loop.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { Client } from 'ldapts';
-
-const execFileAsync = promisify(execFile);
+import { run } from './run.ts';
+import { makeServerCertificate, type ServerCertificate } from './server-cert.ts';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures', import.meta.url));
 const SLAPD = '/usr/sbin/slapd';
@@ -107,14 +106,7 @@ function freePort(): Promise<number> {
   });
 }
 
-interface TlsFiles {
-  certFile: string;
-  keyFile: string;
-  caFile: string;
-  caPem: string;
-}
-
-function slapdConf(dir: string, dataDir: string, tls: TlsFiles | null): string {
+function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null): string {
   const schemas = ['core', 'cosine', 'inetorgperson', 'nis'].map((s) => `include ${SCHEMA_DIR}/${s}.schema`);
   return [
     ...schemas,
@@ -150,16 +142,7 @@ async function slapadd(dir: string, conf: string, extraLdif: string): Promise<vo
   const base = await readFile(path.join(FIXTURES, 'base.ldif'), 'utf8');
   const file = path.join(dir, 'initial.ldif');
   await writeFile(file, `${base.trimEnd()}\n\n${extraLdif.trim()}\n`);
-  await run(SLAPADD, ['-q', '-f', conf, '-l', file]);
-}
-
-async function run(bin: string, args: string[]): Promise<void> {
-  try {
-    await execFileAsync(bin, args, { timeout: 30_000 });
-  } catch (err) {
-    const e = err as Error & { stderr?: string; stdout?: string };
-    throw new Error(`${path.basename(bin)} failed: ${(e.stderr ?? '').trim() || (e.stdout ?? '').trim() || e.message}`, { cause: err });
-  }
+  await run(SLAPADD, ['-q', '-f', conf, '-l', file], { timeoutMs: 30_000 });
 }
 
 /** Starts slapd in the foreground (`-d 0`: no fork, no debug output) and waits until it answers. */
@@ -205,7 +188,7 @@ function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: num
   const ldapTool = async (tool: 'ldapadd' | 'ldapmodify', ldif: string): Promise<void> => {
     const file = path.join(dir, `change-${++ldifSeq}.ldif`);
     await writeFile(file, ldif.trim() + '\n');
-    await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', ROOT_PASSWORD, '-f', file]);
+    await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', ROOT_PASSWORD, '-f', file], { timeoutMs: 30_000 });
   };
   let stopped: Promise<void> | null = null;
   return {
@@ -239,20 +222,4 @@ async function stop(child: ChildProcess, dir: string): Promise<void> {
     clearTimeout(timer);
   }
   await rm(dir, { recursive: true, force: true });
-}
-
-/** A CA and a server certificate for 127.0.0.1 / localhost (EC P-256: fast to generate). */
-async function makeServerCertificate(dir: string): Promise<TlsFiles> {
-  const f = (name: string): string => path.join(dir, name);
-  const ecKey = (out: string): Promise<void> => run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', out]);
-  await ecKey(f('ca.key'));
-  await run('openssl', ['req', '-x509', '-new', '-key', f('ca.key'), '-subj', '/CN=certgate test LDAP CA', '-days', '2', '-out', f('ca.pem')]);
-  await ecKey(f('server.key'));
-  await run('openssl', ['req', '-new', '-key', f('server.key'), '-subj', '/CN=127.0.0.1', '-out', f('server.csr')]);
-  await writeFile(f('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
-  await run('openssl', [
-    'x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
-    '-days', '2', '-extfile', f('server.ext'), '-out', f('server.pem'),
-  ]);
-  return { certFile: f('server.pem'), keyFile: f('server.key'), caFile: f('ca.pem'), caPem: await readFile(f('ca.pem'), 'utf8') };
 }
