@@ -437,6 +437,7 @@ export interface components {
             hosts: string[];
             /** @default failover */
             connection: "failover" | "load-balance";
+            /** @description Search base; empty for an Active Directory Global Catalog search (ports 3268/3269) */
             baseDn: string;
             /** @default null */
             bind: {
@@ -477,6 +478,11 @@ export interface components {
                 passwordAttribute: string;
                 /** @default null */
                 allowQuery: string | null;
+                /**
+                 * @description The authenticated user is this attribute of the entry found, whatever form of the name the client typed (Active Directory: sAMAccountName)
+                 * @default uid
+                 */
+                userIdAttribute: string;
             } | null;
         };
         LdapAuthProfile: {

@@ -41,7 +41,7 @@ describe('POST /v1/ldap-profiles/{name}/test', () => {
     assert.equal(r.body.userId, 'alice');
     assert.equal(r.body.dn, 'uid=alice,ou=people,dc=example,dc=com');
     assert.equal(r.body.filter, '(uid=alice)');
-    assert.match(r.body.allowFilter ?? '', /^\(&\(uid=alice\)\(\|\(!\(caccn=\*\)\)\(cacexempt=\*\)\(cacemergency>=\d{14}Z\)\)\)$/);
+    assert.match(r.body.allowFilter ?? '', /^\(&\(uid=alice\)\(\|\(!\(caccn=\*\)\)\(cacexempt=\*\)\(cacemergency>=\d{14}\.0Z\)\)\)$/);
     assert.equal(typeof r.body.durationMs, 'number');
   });
 

@@ -276,15 +276,23 @@ describe('Directory against a real slapd', () => {
       }
     });
 
-    test('each user bind uses its own connection, closed afterwards; the pool keeps its identity', async () => {
+    test('user binds reuse pooled connections within maxConnections; searches always run as the service identity', async () => {
       const p = await proxy();
-      const d = directory({ hosts: [p.url], maxConnections: 1, bind: null });
-      assert.equal((await d.authenticate('alice', 'alice-pw')).outcome, 'authenticated');
-      assert.equal((await d.authenticate('bob', 'bob-pw')).outcome, 'authenticated');
+      // (userPassword=*) matches only for an identity allowed to search userPassword: the rootdn
+      // (the profile's bind), or the entry itself. Bound as bob, alice's entry would not match.
+      const rootOnly = { name: 'smtpauth', query: '(uid={u})', method: 'bind' as const, passwordAttribute: 'userPassword', allowQuery: '(&(uid={u})(userPassword=*))' };
+      const d = directory({ hosts: [p.url], maxConnections: 1, smtpAuthQuery: rootOnly });
+      for (let i = 0; i < 3; i++) {
+        assert.equal((await d.authenticate('bob', 'bob-pw')).outcome, 'authenticated');
+        assert.equal((await d.checkAllowed('alice', new Date())).outcome, 'allowed', 'the search ran re-bound as the service, not as bob');
+      }
       assert.equal((await d.authenticate('carol', 'wrong')).outcome, 'invalid-credentials');
-      await settle(50);
-      assert.equal(p.total, 4, 'one pooled service connection + one per bind');
-      assert.equal(p.open, 1, 'only the pooled connection stays open');
+      assert.equal((await d.checkAllowed('alice', new Date())).outcome, 'allowed');
+      assert.equal(p.total, 1, 'one connection for everything (maxConnections 1)');
+      const wide = directory({ hosts: [p.url], maxConnections: 2 });
+      p.resetCounters();
+      for (let i = 0; i < 5; i++) assert.equal((await wide.authenticate('alice', 'alice-pw')).outcome, 'authenticated');
+      assert.equal(p.total, 2, 'one service and one user-bind connection, kept open and reused');
     });
 
     test('the userId is the one stored in the directory, not the spelling given', async () => {
@@ -338,7 +346,7 @@ describe('Directory against a real slapd', () => {
     test('no card → allowed', async () => {
       const r = await directory().checkAllowed('alice', now);
       assert.equal(r.outcome, 'allowed');
-      assert.match(r.filter ?? '', /^\(&\(uid=alice\)\(\|\(!\(caccn=\*\)\)\(cacexempt=\*\)\(cacemergency>=\d{14}Z\)\)\)$/);
+      assert.match(r.filter ?? '', /^\(&\(uid=alice\)\(\|\(!\(caccn=\*\)\)\(cacexempt=\*\)\(cacemergency>=\d{14}\.0Z\)\)\)$/);
     });
 
     test('card holder → not-allowed', async () => {
@@ -470,14 +478,16 @@ describe('Directory against a real slapd', () => {
       const d = directory({ hosts: [first.url, second.url] });
       for (let i = 0; i < 3; i++) assert.equal((await d.authenticate('alice', 'alice-pw')).outcome, 'authenticated');
       assert.equal(second.total, 0);
-      assert.equal(first.total, 4);
+      assert.equal(first.total, 2, 'a service and a user-bind connection, both reused');
     });
 
     test('load-balance spreads new connections over the hosts and skips a dead one', async () => {
       const a = await proxy();
       const b = await proxy();
-      const d = directory({ hosts: [a.url, DEAD_HOST, b.url], connection: 'load-balance' });
-      for (let i = 0; i < 6; i++) assert.equal((await d.authenticate('alice', 'alice-pw')).outcome, 'authenticated');
+      const d = directory({ hosts: [a.url, DEAD_HOST, b.url], connection: 'load-balance', maxConnections: 12 });
+      // Concurrent calls need new connections: each new one goes to the next host.
+      const results = await Promise.all(Array.from({ length: 6 }, () => d.authenticate('alice', 'alice-pw')));
+      assert.deepEqual(new Set(results.map((r) => r.outcome)), new Set(['authenticated']));
       assert.ok(a.total >= 2 && b.total >= 2, `a ${a.total} b ${b.total}`);
     });
 
@@ -614,21 +624,21 @@ describe('Directory against a real slapd', () => {
       assert.equal(p.total, 2);
     });
 
-    test('callers wait in a queue for at most timeoutMs', async () => {
+    test('callers wait in a queue within timeoutMs, which bounds waiting and searching together', async () => {
       const p = await proxy();
-      const d = directory({ hosts: [p.url], maxConnections: 1, timeoutMs: 600 });
-      // Open the single connection first, then make every answer take 400 ms.
+      const d = directory({ hosts: [p.url], maxConnections: 1, timeoutMs: 700 });
+      // Open the single connection first, then make every answer take 250 ms.
       assert.equal((await d.checkAllowed('alice', new Date())).outcome, 'allowed');
-      p.delayMs = 400;
+      p.delayMs = 250;
       const [first, second, third] = await Promise.all([
         d.checkAllowed('alice', new Date()),
         d.checkAllowed('bob', new Date()),
         d.checkAllowed('carol', new Date()),
       ]);
       assert.equal(first.outcome, 'allowed');
-      assert.equal(second.outcome, 'not-allowed', 'waited 400 ms < 600 ms for the connection');
-      assert.equal(third.outcome, 'directory-unavailable', 'would have waited 800 ms > 600 ms');
-      assert.match(third.detail ?? '', /no free LDAP connection/);
+      assert.equal(second.outcome, 'not-allowed', 'waited 250 ms, searched 250 ms: 500 ms < 700 ms');
+      assert.equal(third.outcome, 'directory-unavailable', 'would have waited 500 ms and searched 250 ms: over 700 ms');
+      assert.match(third.detail ?? '', /no free LDAP connection within timeoutMs|no answer within timeoutMs/);
       assert.equal(p.total, 1);
     });
   });

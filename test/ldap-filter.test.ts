@@ -107,7 +107,7 @@ describe('renderFilter', () => {
     const t = generalizedTime(new Date(Date.UTC(2026, 10, 27, 18, 28, 14)));
     assert.equal(
       renderFilter(SPEC_ALLOW_QUERY, { u: 'jdoe', t }),
-      '(&(uid=jdoe)(|(!(caccn=*))(cacexempt=*)(cacemergency>=20261127182814Z)))',
+      '(&(uid=jdoe)(|(!(caccn=*))(cacexempt=*)(cacemergency>=20261127182814.0Z)))',
     );
   });
 
@@ -256,13 +256,13 @@ describe('parseFilter', () => {
 });
 
 describe('generalizedTime', () => {
-  test('formats UTC as YYYYMMDDHHMMSSZ', () => {
-    assert.equal(generalizedTime(new Date('2026-11-27T18:28:14.999Z')), '20261127182814Z');
-    assert.equal(generalizedTime(new Date('2001-02-03T04:05:06Z')), '20010203040506Z');
+  test('formats UTC as YYYYMMDDHHMMSS.0Z (the form Samba AD orders correctly too)', () => {
+    assert.equal(generalizedTime(new Date('2026-11-27T18:28:14.999Z')), '20261127182814.0Z');
+    assert.equal(generalizedTime(new Date('2001-02-03T04:05:06Z')), '20010203040506.0Z');
   });
 
   test('uses UTC whatever the local time zone', () => {
-    assert.equal(generalizedTime(new Date('2026-12-31T23:59:59-05:00')), '20270101045959Z');
+    assert.equal(generalizedTime(new Date('2026-12-31T23:59:59-05:00')), '20270101045959.0Z');
   });
 
   test('sorts like the dates it encodes', () => {

@@ -1,5 +1,5 @@
 // One Directory (LDAP pool) per LDAP profile, rebuilt when its profile changes.
-import { Directory, type QueryInfo } from '../shared/directory/client.ts';
+import { Directory, type DirectoryOptions, type UnavailableInfo } from '../shared/directory/client.ts';
 import type { LdapProfile } from '../shared/config/schemas.ts';
 
 /** Sessions that already hold a replaced Directory get this long to finish with it. */
@@ -8,7 +8,11 @@ const RETIRE_AFTER_MS = 35_000;
 export class DirectoryRegistry {
   private readonly current = new Map<string, { json: string; directory: Directory }>();
 
-  constructor(private readonly onQuery: (info: QueryInfo) => void) {}
+  constructor(
+    private readonly onQuery: NonNullable<DirectoryOptions['onQuery']>,
+    /** A profile's directory could not answer (SPEC §2.1: the worker logs its reason at warn). */
+    private readonly onUnavailable: (profile: string, info: UnavailableInfo) => void,
+  ) {}
 
   get(name: string): Directory | null {
     return this.current.get(name)?.directory ?? null;
@@ -25,7 +29,7 @@ export class DirectoryRegistry {
     }
     for (const [name, p] of wanted) {
       if (!this.current.has(name)) {
-        this.current.set(name, { json: JSON.stringify(p), directory: new Directory(p, { onQuery: this.onQuery }) });
+        this.current.set(name, { json: JSON.stringify(p), directory: new Directory(p, { onQuery: this.onQuery, onUnavailable: (info) => this.onUnavailable(name, info) }) });
       }
     }
   }

@@ -74,7 +74,10 @@ export class Gateway {
     this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
     this.ocsp = new OcspChecker({ redis: this.redis, logger: o.logger, observer: o.metrics.ocsp });
     this.pool = new NextHopPool({}, (reused) => o.metrics.nextHopConnections.inc({ connection: reused ? 'reused' : 'new' }));
-    this.directories = new DirectoryRegistry((q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000));
+    this.directories = new DirectoryRegistry(
+      (q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000),
+      (profile, f) => o.logger.warn({ ldapProfile: profile, operation: f.operation, detail: f.detail }, 'directory unavailable'),
+    );
     this.deps = {
       workerId: o.workerId,
       now: () => new Date(),

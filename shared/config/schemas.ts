@@ -34,6 +34,11 @@ export const SmtpAuthQuery = Type.Object(
     method: Type.Union([Type.Literal('bind'), Type.Literal('password-attribute')], { default: 'bind' }),
     passwordAttribute: Type.String({ pattern: '^[A-Za-z][A-Za-z0-9-]{0,63}$', default: 'userPassword' }),
     allowQuery: Type.Union([Type.String({ minLength: 3, maxLength: 4096 }), Type.Null()], { default: null }),
+    userIdAttribute: Type.String({
+      pattern: '^[A-Za-z][A-Za-z0-9-]{0,63}$',
+      default: 'uid',
+      description: 'The authenticated user is this attribute of the entry found, whatever form of the name the client typed (Active Directory: sAMAccountName)',
+    }),
   },
   { additionalProperties: false },
 );
@@ -52,7 +57,7 @@ export const LdapProfile = Type.Object(
     name: Name,
     hosts: Type.Array(Type.String({ pattern: '^ldaps?://[^\\s/]+(:[0-9]{1,5})?/?$' }), { minItems: 1, maxItems: 16 }),
     connection: Type.Union([Type.Literal('failover'), Type.Literal('load-balance')], { default: 'failover' }),
-    baseDn: Type.String({ minLength: 1, maxLength: 1024 }),
+    baseDn: Type.String({ maxLength: 1024, description: 'Search base; empty for an Active Directory Global Catalog search (ports 3268/3269)' }),
     bind: Type.Union([LdapBind, Type.Null()], { default: null }),
     startTls: Type.Boolean({ default: false }),
     caPem: NullablePem('CA certificates (PEM) trusted for ldaps:// and StartTLS'),

@@ -4,15 +4,23 @@
  *
  * Guarantees:
  * - Fail closed. Any transport problem (refused, reset, timeout, TLS failure,
- *   server busy, service bind refused, bad base DN, invalid filter) yields
- *   `directory-unavailable`, never `authenticated`, `allowed` or
- *   `invalid-credentials`. No method throws.
+ *   server busy, service bind refused, bad base DN, invalid filter, an answer
+ *   over the bounds) yields `directory-unavailable`, never `authenticated`,
+ *   `allowed` or `invalid-credentials`. No method throws. The directory's own
+ *   reason is kept in `detail` (and passed to `onUnavailable`).
  * - Empty / whitespace-only passwords never reach the directory (a simple
  *   bind with a DN and no password is an "unauthenticated bind" that many
  *   servers accept as anonymous, RFC 4513 5.1.2).
- * - Every user bind runs on its own fresh connection, closed afterwards, so
- *   a user identity never leaks into the service connection pool.
- * - Every token is escaped (see ldap-filter.ts); filters are parsed by our own
+ * - Bounded: each public call, connect, StartTLS, binds and searches
+ *   together, ends within `timeoutMs` (the connections it was using are then
+ *   destroyed); a search reads at most two entries and 1 MiB of answer,
+ *   counted as the bytes arrive (answer-meter.ts), whatever `sizeLimit` the
+ *   server honours; at most `maxConnections` connections are open.
+ * - One pool for service searches and user binds. A connection remembers the
+ *   identity it was last bound as: a search runs only on a connection bound
+ *   as the profile's service identity (a connection last used for a user bind
+ *   is re-bound first), so a user's identity never serves a search.
+ * - Every token is escaped (see filter.ts); filters are parsed by our own
  *   RFC 4515 parser and sent as octets (ldapts' own parser would re-encode
  *   `\c3\bc` as two characters and non-ASCII values would never match).
  * - User names with control characters, and certificate fields with NUL, never
@@ -20,6 +28,9 @@
  * - One ldapts Client is one TCP connection: its transparent reconnect is
  *   disabled, so a connection upgraded with StartTLS can never silently be
  *   replaced by a plaintext, unauthenticated one.
+ * - `password-attribute` refuses entries that are locked or disabled
+ *   (`nsAccountLock: true`, any `pwdAccountLockedTime`, `loginDisabled: TRUE`)
+ *   before comparing anything, as a bind would be refused.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -41,9 +52,12 @@ import {
   type Entry,
   type Filter,
 } from 'ldapts';
+import { ANSWER_LIMITS, AnswerMeter } from './answer-meter.ts';
 import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode } from './filter.ts';
 import type { TokenValues } from './tokens.ts';
 import { verifyStoredPassword } from './password-hash.ts';
+import { userIdText } from './user-id.ts';
+import { hasControlChars } from '../util/text.ts';
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -53,6 +67,7 @@ export interface LdapProfileConfig {
   name: string;
   hosts: string[];
   connection: 'failover' | 'load-balance';
+  /** May be empty: a Global Catalog search over the whole forest (AD, ports 3268/3269). */
   baseDn: string;
   bind: { dn: string; password?: string | null } | null;
   startTls: boolean;
@@ -67,6 +82,8 @@ export interface LdapProfileConfig {
     method: 'bind' | 'password-attribute';
     passwordAttribute: string;
     allowQuery: string | null;
+    /** The authenticated user is this attribute of the entry found (default `uid`; AD: `sAMAccountName`). */
+    userIdAttribute?: string;
   } | null;
 }
 
@@ -77,9 +94,17 @@ export interface QueryInfo {
   ok: boolean;
 }
 
+export interface UnavailableInfo {
+  operation: 'smtp-auth' | 'allowance' | 'certificate';
+  /** The directory's own reason, e.g. `service bind failed: ... Transport encryption required`. */
+  detail: string;
+}
+
 export interface DirectoryOptions {
   /** Called after every operation sent to the directory (cache hits are not reported). Must not throw. */
   onQuery?: (info: QueryInfo) => void;
+  /** Called whenever a call answers `directory-unavailable` (for the worker's warn log). Must not throw. */
+  onUnavailable?: (info: UnavailableInfo) => void;
 }
 
 export type AuthOutcome = 'authenticated' | 'invalid-credentials' | 'unknown-user' | 'empty-password' | 'ambiguous' | 'directory-unavailable';
@@ -90,7 +115,7 @@ export interface AuthResult {
   userId: string | null;
   /** The rendered search filter (for the API's test endpoint and logs); null when none was run. */
   filter: string | null;
-  /** Human-readable reason, for logs. Never contains the password. */
+  /** Why, in the directory's own words where it gave any (events' `detail`). Never contains the password. */
   detail?: string;
 }
 
@@ -127,6 +152,11 @@ const REFUSED_BIND_CODES: ReadonlyMap<number, string> = new Map([
 
 function describe(err: unknown): string {
   return err instanceof Error ? err.message.split('\n')[0] ?? err.name : String(err);
+}
+
+/** The server's diagnostic message of a result code (ldapts appends " Code: 0x.."). */
+function serverWords(err: ResultCodeError): string {
+  return describe(err).replace(/\s*Code: 0x[0-9a-f]+$/i, '');
 }
 
 /** busy (51) and unavailable (52): this server cannot answer now, another one may. */
@@ -180,63 +210,117 @@ function toLdapFilter(node: FilterNode): Filter {
 // ---------------------------------------------------------------------------
 // Entries
 
-/** All values of an attribute, looked up case-insensitively (servers return names as stored). */
-function attributeValues(entry: Entry, attribute: string): string[] {
+function rawValues(entry: Entry, attribute: string): Array<string | Buffer> {
   const wanted = attribute.toLowerCase();
   const key = Object.keys(entry).find((k) => k !== 'dn' && k.toLowerCase() === wanted);
   const raw = key === undefined ? undefined : entry[key];
   if (raw === undefined) return [];
-  const list = Array.isArray(raw) ? raw : [raw];
-  return list.map((v) => (Buffer.isBuffer(v) ? v.toString('utf8') : v)).filter((v) => v !== '');
+  return (Array.isArray(raw) ? raw : [raw]).filter((v) => v.length > 0);
 }
 
-/**
- * User names with control characters never name an entry. NUL in particular
- * must not reach the server even escaped: OpenLDAP's IA5 matching (e.g. `mail`)
- * stops at NUL, so `alice\0` would match `alice`.
- */
-function hasControlChars(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) return true;
-  }
-  return false;
+/** All values of an attribute as text, looked up case-insensitively (servers return names as stored). */
+function attributeValues(entry: Entry, attribute: string): string[] {
+  return rawValues(entry, attribute).map((v) => (Buffer.isBuffer(v) ? v.toString('utf8') : v));
 }
 
-function firstValue(entry: Entry, attribute: string): string | null {
-  return attributeValues(entry, attribute)[0] ?? null;
+/** The entry's user id: the first value of `attribute`, binary values written as SPEC 2.1 says. */
+function userIdOf(entry: Entry, attribute: string): string | null {
+  const value = rawValues(entry, attribute)[0];
+  return value === undefined ? null : userIdText(attribute, value);
+}
+
+/** Attributes that say an entry may not log in (389-ds / Oracle, ppolicy, eDirectory). */
+const LOCK_ATTRIBUTES = ['nsAccountLock', 'pwdAccountLockedTime', 'loginDisabled'];
+
+/** Why a `password-attribute` check must refuse the entry whatever the password, or null. */
+function lockReason(entry: Entry): string | null {
+  const isTrue = (attribute: string): boolean => attributeValues(entry, attribute).some((v) => v.trim().toUpperCase() === 'TRUE');
+  if (isTrue('nsAccountLock')) return 'nsAccountLock: true';
+  const lockedAt = attributeValues(entry, 'pwdAccountLockedTime')[0];
+  if (lockedAt !== undefined) return `pwdAccountLockedTime: ${lockedAt}`;
+  if (isTrue('loginDisabled')) return 'loginDisabled: TRUE';
+  return null;
 }
 
 // ---------------------------------------------------------------------------
-// Connections
+// Operations and connections
+
+/**
+ * One public call's budget (SPEC 2.1: `timeoutMs` bounds connect, bind and
+ * search as a whole). The connections it holds are destroyed when it expires,
+ * which makes whatever ldapts still awaits on them fail at once.
+ */
+class Operation {
+  private readonly deadline: number;
+  private readonly held = new Set<Connection>();
+  private readonly timer: NodeJS.Timeout;
+  /** Why the operation is over, once its time ran out. */
+  expired: string | null = null;
+  /** Rejects when the time is up. */
+  readonly expiry: Promise<never>;
+
+  constructor(readonly timeoutMs: number) {
+    this.deadline = performance.now() + timeoutMs;
+    let expire: (err: Error) => void = () => undefined;
+    this.expiry = new Promise<never>((_resolve, reject) => (expire = reject));
+    this.expiry.catch(() => undefined);
+    this.timer = setTimeout(() => {
+      this.expired = `no answer within timeoutMs (${timeoutMs} ms for connect, bind and search together)`;
+      for (const conn of this.held) conn.destroy();
+      this.held.clear();
+      expire(new DirectoryUnavailableError(this.expired));
+    }, timeoutMs);
+  }
+
+  /** Milliseconds left, at least 1 (ldapts reads 0 as "no timeout"). */
+  remaining(): number {
+    return Math.max(1, Math.ceil(this.deadline - performance.now()));
+  }
+
+  /** Throws once the time is up: nothing new is started for an expired operation. */
+  check(): void {
+    if (this.expired) throw new DirectoryUnavailableError(this.expired);
+  }
+
+  hold(conn: Connection): void {
+    if (this.expired) conn.destroy();
+    else this.held.add(conn);
+  }
+
+  letGo(conn: Connection): void {
+    this.held.delete(conn);
+  }
+
+  finish(): void {
+    clearTimeout(this.timer);
+  }
+}
+
+/** Who a connection was last bound as: searches need `service`. */
+type Identity = 'service' | 'user' | 'none';
 
 interface Connection {
   client: Client;
   /** Hard close: destroys the socket(s) without waiting for the server. */
   destroy(): void;
+  /** Counts the answer of the current operation; cut off → `violation`. */
+  meter: AnswerMeter;
+  identity: Identity;
   idleSince: number;
 }
 
 /** Pooled connections idle for longer are replaced: servers drop idle connections (AD: 15 min). */
 const MAX_IDLE_MS = 5 * 60_000;
 
-function withDeadline<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new Error(`${what} timed out after ${ms} ms`));
-    }, ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Opens connections to the profile's hosts: host order, TLS, binds. */
+/** Opens connections to the profile's hosts: host order, TLS, the first bind. */
 class Connector {
   private roundRobin = 0;
   private readonly profile: LdapProfileConfig;
 
-  constructor(profile: LdapProfileConfig) {
+  constructor(
+    profile: LdapProfileConfig,
+    private readonly opened: Set<Connection>,
+  ) {
     this.profile = profile;
   }
 
@@ -253,19 +337,25 @@ class Connector {
    * that answers, then runs `bind` on it. Transport errors move on to the
    * next host; an LDAP result code from `bind` is an answer and is thrown.
    */
-  async open(bind: (client: Client) => Promise<void>, onAttempt?: (startedAt: number, err: unknown) => void): Promise<Connection> {
+  async open(op: Operation, identity: Identity, bind: (client: Client) => Promise<void>, onAttempt?: (startedAt: number, err: unknown) => void): Promise<Connection> {
     let lastError: unknown = new Error('no LDAP host configured');
     for (const url of this.hostOrder()) {
-      const conn = this.newConnection(url);
+      op.check();
+      const conn = this.newConnection(url, op);
+      op.hold(conn);
       const startedAt = performance.now();
       try {
         await this.secure(conn, url);
+        conn.identity = identity;
         await bind(conn.client);
         onAttempt?.(startedAt, null);
         return conn;
       } catch (err) {
         onAttempt?.(startedAt, err);
         conn.destroy();
+        op.letGo(conn);
+        if (conn.meter.violation) throw new DirectoryUnavailableError(conn.meter.violation);
+        if (op.expired) throw new DirectoryUnavailableError(op.expired);
         if (!isTransportError(err)) throw err;
         lastError = err;
       }
@@ -273,9 +363,13 @@ class Connector {
     throw new DirectoryUnavailableError(`no LDAP host reachable (last error: ${describe(lastError)})`);
   }
 
-  private newConnection(url: string): Connection {
-    const { timeoutMs } = this.profile;
+  private newConnection(url: string, op: Operation): Connection {
     const sockets: net.Socket[] = [];
+    const destroy = (): void => {
+      sockets.forEach((s) => s.destroy());
+      this.opened.delete(conn);
+    };
+    const meter = new AnswerMeter(ANSWER_LIMITS, destroy);
     // ldapts reconnects transparently when a connection drops, which would
     // silently lose StartTLS and the bound identity: allow one connect only.
     let connected = false;
@@ -283,33 +377,36 @@ class Connector {
       if (connected) throw new Error('LDAP connection lost');
       connected = true;
     };
+    const track = <S extends net.Socket>(socket: S): S => {
+      sockets.push(socket);
+      // Before ldapts adds its own listener: the meter sees every chunk first.
+      meter.watch(socket);
+      return socket;
+    };
+    const timeout = op.remaining();
     const options: ClientOptions = {
       url,
-      timeout: timeoutMs,
-      connectTimeout: timeoutMs,
+      timeout,
+      connectTimeout: timeout,
       strictDN: true,
       createConnection: ((port: number, host: string) => {
         once();
-        const socket = net.connect(port, host);
-        sockets.push(socket);
-        return socket;
+        return track(net.connect(port, host));
       }) as typeof net.connect,
+      // ldaps:// calls it as (port, host, options), StartTLS as (options with the TCP socket).
+      createSecureConnection: ((...args: [number, string, tls.ConnectionOptions] | [tls.ConnectionOptions]) => {
+        const [first, host, rest] = args;
+        const opts: tls.ConnectionOptions = typeof first === 'number' ? { ...rest, port: first, host } : first;
+        if (opts.socket) meter.unwatch(opts.socket as net.Socket); // from now on its bytes are TLS records
+        else once();
+        return track(tls.connect(opts));
+      }) as typeof tls.connect,
     };
-    if (new URL(url).protocol === 'ldaps:') {
-      // Only for ldaps://: ldapts treats any tlsOptions as "TLS from the first byte".
-      options.tlsOptions = this.tlsOptions(url);
-      options.createSecureConnection = ((port: number, host: string, tlsOpts: tls.ConnectionOptions) => {
-        once();
-        const socket = tls.connect(port, host, tlsOpts);
-        sockets.push(socket);
-        return socket;
-      }) as typeof tls.connect;
-    }
-    return {
-      client: new Client(options),
-      destroy: () => sockets.forEach((s) => s.destroy()),
-      idleSince: performance.now(),
-    };
+    // Only for ldaps://: ldapts treats any tlsOptions as "TLS from the first byte".
+    if (new URL(url).protocol === 'ldaps:') options.tlsOptions = this.tlsOptions(url);
+    const conn: Connection = { client: new Client(options), destroy, meter, identity: 'none', idleSince: performance.now() };
+    this.opened.add(conn);
+    return conn;
   }
 
   private tlsOptions(url: string): tls.ConnectionOptions {
@@ -323,11 +420,10 @@ class Connector {
     };
   }
 
-  /** StartTLS on ldap:// URLs when configured. Never falls back to plaintext. */
+  /** StartTLS on ldap:// URLs when configured. Never falls back to plaintext. The operation's deadline bounds the handshake. */
   private async secure(conn: Connection, url: string): Promise<void> {
     if (!this.profile.startTls || new URL(url).protocol !== 'ldap:') return;
-    // ldapts bounds the extended operation but not the TLS handshake after it.
-    await withDeadline(conn.client.startTLS(this.tlsOptions(url)), this.profile.timeoutMs, 'StartTLS', conn.destroy).catch((err: unknown) => {
+    await conn.client.startTLS(this.tlsOptions(url)).catch((err: unknown) => {
       // Whatever the server answered, a failed StartTLS is a transport failure.
       throw new Error(`StartTLS failed: ${describe(err)}`, { cause: err });
     });
@@ -341,45 +437,50 @@ interface Waiter {
 }
 
 /**
- * At most `max` service connections, opened on demand. Callers beyond the
- * bound queue (FIFO) for at most `timeoutMs`. A released connection goes to
- * the next waiter or back to the idle list; a broken one is destroyed and its
- * slot handed to the next waiter, which opens a new connection.
+ * At most `max` connections (service and user binds together), opened on
+ * demand. Callers beyond the bound queue (FIFO) for what is left of their
+ * operation's time. A released connection goes to the next waiter or back to
+ * the idle list; a broken one is destroyed and its slot handed to the next
+ * waiter, which opens a new connection.
  */
-class ServicePool {
+class ConnectionPool {
   private readonly idle: Connection[] = [];
   private readonly waiters: Waiter[] = [];
   /** Connections open, being opened, or in use. */
   private size = 0;
   private closed = false;
 
-  constructor(
-    private readonly max: number,
-    private readonly timeoutMs: number,
-    private readonly open: () => Promise<Connection>,
-  ) {}
+  constructor(private readonly max: number) {}
 
-  async acquire(): Promise<{ conn: Connection; reused: boolean }> {
+  /**
+   * An idle connection last bound as `prefer`; else a slot for a new one
+   * while the pool is below its bound; else an idle connection bound as
+   * someone else (the caller re-binds it: one round trip, cheaper than a new
+   * connection); else the first connection or slot released. Null means a
+   * slot is reserved for the caller to open a connection in, which it must
+   * then release(), or abandon() if opening failed.
+   */
+  async acquire(op: Operation, prefer: Identity): Promise<Connection | null> {
     if (this.closed) throw new DirectoryUnavailableError('directory adapter closed');
-    for (let conn = this.idle.pop(); conn; conn = this.idle.pop()) {
-      if (conn.client.isBound && performance.now() - conn.idleSince < MAX_IDLE_MS) return { conn, reused: true };
-      conn.destroy();
-      this.size--;
-    }
+    this.dropStale();
+    const same = this.takeIdle((c) => c.identity === prefer);
+    if (same) return same;
     if (this.size < this.max) {
       this.size++;
-      return { conn: await this.openCounted(), reused: false };
+      return null;
     }
-    const grant = await new Promise<Connection | null>((resolve, reject) => {
+    const other = this.takeIdle(() => true);
+    if (other) return other;
+    return new Promise<Connection | null>((resolve, reject) => {
       const timer = setTimeout(() => {
         const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
-        reject(new DirectoryUnavailableError(`no free LDAP connection within ${this.timeoutMs} ms (maxConnections ${this.max})`));
-      }, this.timeoutMs);
+        reject(new DirectoryUnavailableError(`no free LDAP connection within timeoutMs (${op.timeoutMs} ms, maxConnections ${this.max})`));
+      }, op.remaining());
       const waiter: Waiter = {
-        grant: (conn) => {
+        grant: (granted) => {
           clearTimeout(timer);
-          resolve(conn);
+          resolve(granted);
         },
         cancel: (err) => {
           clearTimeout(timer);
@@ -388,29 +489,31 @@ class ServicePool {
       };
       this.waiters.push(waiter);
     });
-    if (grant) return { conn: grant, reused: true };
-    return { conn: await this.openCounted(), reused: false };
   }
 
-  /** Opens a connection for a slot already counted in `size`. */
-  private async openCounted(): Promise<Connection> {
-    let conn: Connection;
-    try {
-      conn = await this.open();
-    } catch (err) {
-      this.freeSlot();
-      throw err;
+  /** Idle connections the server may have closed meanwhile are replaced. */
+  private dropStale(): void {
+    const now = performance.now();
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const conn = this.idle[i] as Connection;
+      if (!conn.client.isConnected || now - conn.idleSince >= MAX_IDLE_MS) {
+        this.idle.splice(i, 1);
+        conn.destroy();
+        this.size--;
+      }
     }
-    if (this.closed) {
-      conn.destroy();
-      this.freeSlot();
-      throw new DirectoryUnavailableError('directory adapter closed');
+  }
+
+  /** The most recently used idle connection that fits (its server-side idle timer is the freshest). */
+  private takeIdle(fits: (conn: Connection) => boolean): Connection | null {
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      if (fits(this.idle[i] as Connection)) return this.idle.splice(i, 1)[0] as Connection;
     }
-    return conn;
+    return null;
   }
 
   release(conn: Connection, healthy: boolean): void {
-    if (this.closed || !healthy || !conn.client.isBound) {
+    if (this.closed || !healthy || !conn.client.isConnected) {
       conn.destroy();
       this.freeSlot();
       return;
@@ -419,6 +522,11 @@ class ServicePool {
     const waiter = this.waiters.shift();
     if (waiter) waiter.grant(conn);
     else this.idle.push(conn);
+  }
+
+  /** A slot from acquire() whose connection could not be opened. */
+  abandon(): void {
+    this.freeSlot();
   }
 
   /** A slot became free: give it to the next waiter (who will open a connection) or shrink. */
@@ -483,7 +591,7 @@ class SearchCache {
 interface SearchSpec {
   filter: string;
   attributes: string[];
-  /** 2 is enough to tell "one" from "many"; servers stop early. */
+  /** A request to the server (2 tells "one" from "many"); the meter enforces the bound whatever it does. */
   sizeLimit: number;
   cache: boolean;
 }
@@ -491,11 +599,12 @@ interface SearchSpec {
 export class Directory {
   private readonly profile: LdapProfileConfig;
   private readonly onQuery: ((info: QueryInfo) => void) | undefined;
+  private readonly onUnavailable: ((info: UnavailableInfo) => void) | undefined;
+  /** Every connection open or being opened, destroyed by close(). */
+  private readonly opened = new Set<Connection>();
   private readonly connector: Connector;
-  private readonly pool: ServicePool;
+  private readonly pool: ConnectionPool;
   private readonly cache: SearchCache;
-  /** User-bind connections in flight, destroyed by close(). */
-  private readonly userConnections = new Set<Connection>();
   /** Why the profile is unusable (no hosts, non-LDAP URL, bad numbers), or null. */
   private readonly configError: string | null;
 
@@ -508,8 +617,9 @@ export class Directory {
     this.configError = profileError(profile);
     this.profile = profile;
     this.onQuery = opts.onQuery;
-    this.connector = new Connector(profile);
-    this.pool = new ServicePool(profile.maxConnections, profile.timeoutMs, () => this.openService());
+    this.onUnavailable = opts.onUnavailable;
+    this.connector = new Connector(profile, this.opened);
+    this.pool = new ConnectionPool(profile.maxConnections);
     this.cache = new SearchCache(profile.cacheTtlSeconds * 1000);
   }
 
@@ -519,33 +629,37 @@ export class Directory {
     // Before anything else: an empty password must never reach the directory.
     if (password.trim() === '') return { outcome: 'empty-password', ...none, filter: null, detail: 'empty password' };
     const q = this.profile.smtpAuthQuery;
-    if (!q) return { outcome: 'directory-unavailable', ...none, filter: null, detail: `LDAP profile ${this.profile.name} has no smtpAuthQuery` };
+    if (!q) return this.unavailable<AuthResult>('smtp-auth', { outcome: 'directory-unavailable', ...none, filter: null, detail: `LDAP profile ${this.profile.name} has no smtpAuthQuery` });
     const filter = renderFilter(q.query, { u: username, t: generalizedTime(new Date()) });
     if (filter === null) return { outcome: 'unknown-user', ...none, filter: null, detail: missingValueDetail(username) };
+    // User names with control characters never name an entry. NUL in particular must not reach
+    // the server even escaped: OpenLDAP's IA5 matching (e.g. `mail`) stops at NUL, so `alice\0` would match `alice`.
     if (hasControlChars(username)) return { outcome: 'unknown-user', ...none, filter: null, detail: 'control characters in the user name' };
+    const idAttribute = q.userIdAttribute || 'uid';
+    const byPassword = q.method === 'password-attribute';
     try {
-      const byPassword = q.method === 'password-attribute';
-      const entries = await this.search({
-        filter,
-        attributes: byPassword ? ['uid', q.passwordAttribute] : ['uid'],
-        sizeLimit: 2,
-        // A stored password is checked like a bind: always fresh, never kept in memory.
-        cache: !byPassword,
+      return await this.run(async (op): Promise<AuthResult> => {
+        const entries = await this.search(op, {
+          filter,
+          attributes: byPassword ? [idAttribute, q.passwordAttribute, ...LOCK_ATTRIBUTES] : [idAttribute],
+          sizeLimit: 2,
+          // A stored password is checked like a bind: always fresh, never kept in memory.
+          cache: !byPassword,
+        });
+        if (entries.length === 0) return { outcome: 'unknown-user', ...none, filter };
+        if (entries.length > 1) return { outcome: 'ambiguous', ...none, filter, detail: 'the query matched several entries' };
+        const entry = entries[0] as Entry;
+        const userId = userIdOf(entry, idAttribute);
+        if (userId === null) {
+          return { outcome: 'unknown-user', dn: entry.dn, userId: null, filter, detail: `the entry has no ${idAttribute} (smtpAuthQuery.userIdAttribute)` };
+        }
+        const found = { dn: entry.dn, userId, filter };
+        if (byPassword) return { ...found, ...(await this.comparePassword(entry, q.passwordAttribute, password)) };
+        const refused = await this.userBind(op, entry.dn, password);
+        return refused === null ? { outcome: 'authenticated', ...found } : { outcome: 'invalid-credentials', ...found, detail: refused };
       });
-      if (entries.length === 0) return { outcome: 'unknown-user', ...none, filter };
-      if (entries.length > 1) return { outcome: 'ambiguous', ...none, filter, detail: 'the query matched several entries' };
-      const entry = entries[0] as Entry;
-      const found = { dn: entry.dn, userId: firstValue(entry, 'uid') ?? username, filter };
-      if (byPassword) {
-        const stored = attributeValues(entry, q.passwordAttribute);
-        if (stored.length === 0) return { outcome: 'invalid-credentials', ...found, detail: `no readable ${q.passwordAttribute} on the entry` };
-        const ok = stored.some((value) => verifyStoredPassword(value, password));
-        return { outcome: ok ? 'authenticated' : 'invalid-credentials', ...found };
-      }
-      const refused = await this.userBind(entry.dn, password);
-      return refused === null ? { outcome: 'authenticated', ...found } : { outcome: 'invalid-credentials', ...found, detail: refused };
     } catch (err) {
-      return { outcome: 'directory-unavailable', ...none, filter, detail: describe(err) };
+      return this.unavailable<AuthResult>('smtp-auth', { outcome: 'directory-unavailable', ...none, filter, detail: describe(err) });
     }
   }
 
@@ -561,10 +675,10 @@ export class Directory {
     if (filter === null) return { outcome: 'not-allowed', filter: null, detail: missingValueDetail(username) };
     if (hasControlChars(username)) return { outcome: 'not-allowed', filter: null, detail: 'control characters in the user name' };
     try {
-      const entries = await this.search({ filter, attributes: ['1.1'], sizeLimit: 1, cache: true });
+      const entries = await this.run((op) => this.search(op, { filter, attributes: ['1.1'], sizeLimit: 1, cache: true }));
       return { outcome: entries.length > 0 ? 'allowed' : 'not-allowed', filter };
     } catch (err) {
-      return { outcome: 'directory-unavailable', filter, detail: describe(err) };
+      return this.unavailable<AllowResult>('allowance', { outcome: 'directory-unavailable', filter, detail: describe(err) });
     }
   }
 
@@ -581,25 +695,45 @@ export class Directory {
     }
     const idAttribute = q.userIdAttribute || 'uid';
     try {
-      const entries = await this.search({ filter, attributes: [idAttribute], sizeLimit: 2, cache: true });
+      const entries = await this.run((op) => this.search(op, { filter, attributes: [idAttribute], sizeLimit: 2, cache: true }));
       if (entries.length === 0) return { outcome: 'none', ...none, filter };
       if (entries.length > 1) return { outcome: 'many', ...none, filter, detail: 'the query matched several entries' };
       const entry = entries[0] as Entry;
-      const userId = firstValue(entry, idAttribute);
+      const userId = userIdOf(entry, idAttribute);
       if (userId === null) return { outcome: 'none', dn: entry.dn, userId: null, filter, detail: `the entry has no ${idAttribute}` };
       return { outcome: 'one', dn: entry.dn, userId, filter };
     } catch (err) {
-      return { outcome: 'directory-unavailable', ...none, filter, detail: describe(err) };
+      return this.unavailable<CertificateLookupResult>('certificate', { outcome: 'directory-unavailable', ...none, filter, detail: describe(err) });
     }
   }
 
   async close(): Promise<void> {
     this.cache.clear();
-    for (const conn of this.userConnections) conn.destroy();
+    for (const conn of this.opened) conn.destroy();
     await this.pool.close();
   }
 
   // -- internals ------------------------------------------------------------
+
+  /** Runs one public call's directory work within `timeoutMs`. */
+  private async run<T>(work: (op: Operation) => Promise<T>): Promise<T> {
+    if (this.configError) throw new DirectoryUnavailableError(this.configError);
+    const op = new Operation(this.profile.timeoutMs);
+    try {
+      return await Promise.race([work(op), op.expiry]);
+    } finally {
+      op.finish();
+    }
+  }
+
+  private unavailable<R extends { detail?: string }>(operation: UnavailableInfo['operation'], result: R): R {
+    try {
+      this.onUnavailable?.({ operation, detail: result.detail ?? 'directory unavailable' });
+    } catch {
+      // Logging must never change an authentication decision.
+    }
+    return result;
+  }
 
   private report(kind: QueryInfo['kind'], startedAt: number, ok: boolean): void {
     try {
@@ -609,26 +743,75 @@ export class Directory {
     }
   }
 
+  /** `password-attribute`: a locked entry is refused first; then any stored value may match. */
+  private async comparePassword(entry: Entry, attribute: string, password: string): Promise<Pick<AuthResult, 'outcome' | 'detail'>> {
+    const locked = lockReason(entry);
+    if (locked) return { outcome: 'invalid-credentials', detail: `the entry is locked or disabled (${locked})` };
+    const stored = attributeValues(entry, attribute);
+    if (stored.length === 0) return { outcome: 'invalid-credentials', detail: `no readable ${attribute} on the entry` };
+    const unsupported: string[] = [];
+    for (const value of stored) {
+      const verdict = await verifyStoredPassword(value, password);
+      if (verdict.result === 'match') return { outcome: 'authenticated' };
+      if (verdict.result === 'unsupported-scheme') unsupported.push(`{${verdict.scheme}}`);
+    }
+    return unsupported.length > 0
+      ? { outcome: 'invalid-credentials', detail: `${attribute} is stored in a scheme certgate cannot verify: ${unsupported.join(', ')}` }
+      : { outcome: 'invalid-credentials' };
+  }
+
+  private bindService(client: Client): Promise<void> {
+    const bind = this.profile.bind;
+    // An explicit anonymous bind also proves the host answers before we commit to it.
+    return bind ? client.bind(bind.dn, bind.password ?? '') : client.bind('', '');
+  }
+
   /** Opens a service connection bound as the profile's bind DN (or anonymously). */
-  private openService(): Promise<Connection> {
+  private openService(op: Operation): Promise<Connection> {
     const bind = this.profile.bind;
     if (bind && (!bind.dn || !bind.password)) {
       // Never send an unauthenticated bind (DN without password): some servers treat it as anonymous.
       return Promise.reject(new DirectoryUnavailableError(`LDAP profile ${this.profile.name}: bind DN without a password`));
     }
-    return this.connector
-      .open(async (client) => {
-        // An explicit anonymous bind also proves the host answers before we commit to it.
-        await (bind ? client.bind(bind.dn, bind.password ?? '') : client.bind('', ''));
-      })
-      .catch((err: unknown) => {
-        if (err instanceof DirectoryUnavailableError) throw err;
-        throw new DirectoryUnavailableError(`service bind failed: ${describe(err)}`);
-      });
+    return this.connector.open(op, 'service', (client) => this.bindService(client)).catch((err: unknown) => {
+      if (err instanceof DirectoryUnavailableError) throw err;
+      throw new DirectoryUnavailableError(`service bind failed: ${describe(err)}`);
+    });
   }
 
-  private async search(spec: SearchSpec): Promise<Entry[]> {
-    if (this.configError) throw new DirectoryUnavailableError(this.configError);
+  /**
+   * A connection bound as the service identity: an idle one (re-bound when a
+   * user bind used it last) or a new one. `reused`: it was idle in the pool,
+   * so a transport error on it may only mean the server dropped it meanwhile.
+   */
+  private async serviceConnection(op: Operation): Promise<{ conn: Connection; reused: boolean }> {
+    const idle = await this.pool.acquire(op, 'service');
+    if (!idle) {
+      try {
+        return { conn: await this.openService(op), reused: false };
+      } catch (err) {
+        this.pool.abandon();
+        throw err;
+      }
+    }
+    op.hold(idle);
+    if (idle.identity !== 'service') {
+      try {
+        idle.meter.reset();
+        idle.identity = 'none';
+        await this.bindService(idle.client);
+        idle.identity = 'service';
+      } catch (err) {
+        op.letGo(idle);
+        this.pool.release(idle, false);
+        if (isTransportError(err)) throw new StaleConnectionError(describe(err));
+        throw new DirectoryUnavailableError(`service bind failed: ${describe(err)}`);
+      }
+    }
+    return { conn: idle, reused: true };
+  }
+
+  private async search(op: Operation, spec: SearchSpec): Promise<Entry[]> {
     const key = JSON.stringify([spec.filter, spec.attributes, spec.sizeLimit]);
     if (spec.cache) {
       const hit = this.cache.get(key);
@@ -641,80 +824,114 @@ export class Directory {
       if (err instanceof FilterSyntaxError) throw new DirectoryUnavailableError(`query of LDAP profile ${this.profile.name}: ${err.message}`);
       throw err;
     }
-    const entries = await this.searchOnPool(ldapFilter, spec);
+    const entries = await this.searchOnPool(op, ldapFilter, spec);
     if (spec.cache) this.cache.set(key, entries);
     return entries;
   }
 
-  private async searchOnPool(filter: Filter, spec: SearchSpec): Promise<Entry[]> {
+  private async searchOnPool(op: Operation, filter: Filter, spec: SearchSpec): Promise<Entry[]> {
     // A pooled connection may have died while idle: one retry on a fresh connection.
     for (let attempt = 0; ; attempt++) {
+      op.check();
       const startedAt = performance.now();
       let acquired: { conn: Connection; reused: boolean };
       try {
-        acquired = await this.pool.acquire();
+        acquired = await this.serviceConnection(op);
       } catch (err) {
         this.report('search', startedAt, false);
-        throw err;
+        if (err instanceof StaleConnectionError && attempt === 0) continue;
+        throw err instanceof StaleConnectionError ? new DirectoryUnavailableError(`service bind failed: ${err.message}`) : err;
       }
+      const { conn, reused } = acquired;
+      conn.meter.reset();
       try {
-        const result = await acquired.conn.client.search(this.profile.baseDn, {
+        const result = await conn.client.search(this.profile.baseDn, {
           scope: 'sub',
           filter,
           attributes: spec.attributes,
           sizeLimit: spec.sizeLimit,
-          timeLimit: Math.max(1, Math.ceil(this.profile.timeoutMs / 1000)),
+          timeLimit: Math.max(1, Math.ceil(op.remaining() / 1000)),
           derefAliases: 'never',
         });
         this.report('search', startedAt, true);
-        this.pool.release(acquired.conn, true);
+        op.letGo(conn);
+        this.pool.release(conn, true);
+        // Search references (AD sends some for every subtree search at a domain root) are not chased.
         return result.searchEntries;
       } catch (err) {
         this.report('search', startedAt, false);
-        const transport = isTransportError(err);
-        this.pool.release(acquired.conn, !transport);
-        if (transport && acquired.reused && attempt === 0) continue;
+        const cut = conn.meter.violation;
+        const transport = cut !== null || isTransportError(err);
+        op.letGo(conn);
+        this.pool.release(conn, !transport);
+        if (cut) throw new DirectoryUnavailableError(cut);
+        op.check();
+        if (transport && reused && attempt === 0) continue;
         throw new DirectoryUnavailableError(`search failed: ${describe(err)}`);
       }
     }
   }
 
   /**
-   * Binds as `dn` with `password` on a fresh connection, closed afterwards.
-   * Returns null when the password is right, a reason when the directory
-   * refused the identity; throws DirectoryUnavailableError otherwise.
+   * Binds as `dn` with `password` on a pooled connection (which is then
+   * marked as bound as a user) or a new one. Returns null when the password
+   * is right, a reason when the directory refused the identity; throws
+   * DirectoryUnavailableError otherwise.
    */
-  private async userBind(dn: string, password: string): Promise<string | null> {
+  private async userBind(op: Operation, dn: string, password: string): Promise<string | null> {
     if (password === '') return 'empty password'; // defence in depth, see authenticate()
-    let refused: string | null = null;
-    let conn: Connection;
-    try {
-      conn = await this.connector.open(
-        async (client) => {
-          try {
-            await client.bind(dn, password);
-          } catch (err) {
-            const code = err instanceof ResultCodeError ? err.code : undefined;
-            const name = code === undefined ? undefined : REFUSED_BIND_CODES.get(code);
-            if (name === undefined) throw err;
-            refused = `bind refused: ${name}`;
-          }
-        },
-        (startedAt, err) => this.report('bind', startedAt, err === null || !isTransportError(err)),
-      );
-    } catch (err) {
-      if (err instanceof DirectoryUnavailableError) throw err;
-      throw new DirectoryUnavailableError(`bind failed: ${describe(err)}`);
+    for (let attempt = 0; ; attempt++) {
+      op.check();
+      let refused: string | null = null;
+      const bindAsUser = async (client: Client): Promise<void> => {
+        try {
+          await client.bind(dn, password);
+        } catch (err) {
+          const name = err instanceof ResultCodeError ? REFUSED_BIND_CODES.get(err.code) : undefined;
+          if (name === undefined) throw err;
+          const words = serverWords(err as ResultCodeError);
+          refused = `bind refused: ${name}${words ? ` (${words})` : ''}`;
+        }
+      };
+      const idle = await this.pool.acquire(op, 'user');
+      let conn: Connection;
+      if (!idle) {
+        try {
+          conn = await this.connector.open(op, 'user', bindAsUser, (startedAt, err) => this.report('bind', startedAt, err === null || !isTransportError(err)));
+        } catch (err) {
+          this.pool.abandon();
+          if (err instanceof DirectoryUnavailableError) throw err;
+          throw new DirectoryUnavailableError(`bind failed: ${describe(err)}`);
+        }
+      } else {
+        conn = idle;
+        op.hold(conn);
+        const startedAt = performance.now();
+        try {
+          conn.meter.reset();
+          conn.identity = 'user';
+          await bindAsUser(conn.client);
+          this.report('bind', startedAt, true);
+        } catch (err) {
+          this.report('bind', startedAt, false);
+          op.letGo(conn);
+          this.pool.release(conn, false);
+          if (conn.meter.violation) throw new DirectoryUnavailableError(conn.meter.violation);
+          op.check();
+          if (attempt === 0 && isTransportError(err)) continue;
+          throw new DirectoryUnavailableError(`bind failed: ${describe(err)}`);
+        }
+      }
+      op.letGo(conn);
+      this.pool.release(conn, true);
+      return refused;
     }
-    this.userConnections.add(conn);
-    try {
-      await conn.client.unbind().catch(() => undefined);
-    } finally {
-      conn.destroy();
-      this.userConnections.delete(conn);
-    }
-    return refused;
   }
+}
+
+/** A pooled connection failed before the operation proper: the caller may retry once on a fresh one. */
+class StaleConnectionError extends Error {
+  override name = 'StaleConnectionError';
 }
 
 function missingValueDetail(username: string): string {

@@ -63,7 +63,12 @@ export function renderFilter(template: string, values: TokenValues): string | nu
   return missing ? null : rendered;
 }
 
-/** LDAP GeneralizedTime in UTC, second precision: `YYYYMMDDHHMMSSZ`. */
+/**
+ * LDAP GeneralizedTime in UTC, second precision, with a zero fraction:
+ * `YYYYMMDDHHMMSS.0Z` (SPEC 2.2). OpenLDAP, 389-ds and AD order this form
+ * correctly; Samba's AD orders the form without a fraction wrongly
+ * (`(msTSExpireDate>=20261201184313Z)` matches every value).
+ */
 export function generalizedTime(d: Date): string {
   if (Number.isNaN(d.getTime())) throw new RangeError('generalizedTime: invalid date');
   const p = (n: number, w = 2): string => String(n).padStart(w, '0');
@@ -74,7 +79,7 @@ export function generalizedTime(d: Date): string {
     p(d.getUTCHours()) +
     p(d.getUTCMinutes()) +
     p(d.getUTCSeconds()) +
-    'Z'
+    '.0Z'
   );
 }
 

@@ -7,13 +7,29 @@
  *   {MD5} {SMD5}  — RFC 2307 / OpenLDAP style, base64(digest [+ salt])
  *   {CRYPT}       — glibc crypt(3): `$1$` (md5-crypt), `$5$` (sha256-crypt),
  *                   `$6$` (sha512-crypt); implemented here, Node has no crypt().
- *                   Traditional DES crypt, bcrypt etc. are not supported.
+ *   {PBKDF2} {PBKDF2-SHA1} {PBKDF2-SHA256} {PBKDF2-SHA512} — 389 Directory
+ *                   Server's `iterations$salt$hash` (passlib's adapted base64);
+ *                   {PBKDF2} is the short name of {PBKDF2-SHA1}.
+ *   {PBKDF2_SHA256} — 389-ds's older C plugin: base64(4-byte iterations,
+ *                   64-byte salt, 256-byte HMAC-SHA256 key).
  *   {CLEARTEXT} and values without a scheme — plain text.
- * Any other `{SCHEME}` prefix (PBKDF2, ARGON2, ...) never verifies: fail closed.
+ * Any other scheme (ARGON2, GOST_YESCRYPT, crypt's `$y$` or DES, ...) is
+ * `unsupported-scheme`, named in the verdict so that the event can say which:
+ * it never verifies (fail closed).
  *
+ * PBKDF2 runs on libuv's thread pool (node:crypto's async pbkdf2), so a costly
+ * stored value never stalls the event loop; iteration counts are bounded.
  * All final comparisons go through {@link safeEqual}.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, pbkdf2, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
+
+const pbkdf2Async = promisify(pbkdf2);
+
+export type PasswordVerdict =
+  | { result: 'match' | 'mismatch' }
+  /** `scheme`: the stored value's scheme as it names it, e.g. `ARGON2` or `CRYPT $y$`. */
+  | { result: 'unsupported-scheme'; scheme: string };
 
 /**
  * Constant-time equality, also when lengths differ: both sides are hashed
@@ -45,27 +61,85 @@ const DIGEST_SCHEMES: Readonly<Record<string, DigestScheme>> = {
   SSHA512: { algorithm: 'sha512', length: 64, salted: true },
 };
 
+/** 389-ds pwdchan schemes: HMAC digest and its length (the stored key is exactly one digest long). */
+const PBKDF2_SCHEMES: Readonly<Record<string, { digest: string; length: number }>> = {
+  PBKDF2: { digest: 'sha1', length: 20 },
+  'PBKDF2-SHA1': { digest: 'sha1', length: 20 },
+  'PBKDF2-SHA256': { digest: 'sha256', length: 32 },
+  'PBKDF2-SHA512': { digest: 'sha512', length: 64 },
+};
+
+/**
+ * Stored values asking for more iterations never verify: about 1 s of one
+ * thread-pool thread for PBKDF2-SHA512 here, a hundred times 389-ds's default,
+ * but a bound on what a hostile or mistaken directory value can cost.
+ */
+export const MAX_PBKDF2_ITERATIONS = 1_000_000;
+
 const SCHEME_RE = /^\{([A-Za-z0-9._-]+)\}/;
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
 
-/** Returns true when `given` matches the `stored` attribute value. Never throws. */
-export function verifyStoredPassword(stored: string, given: string): boolean {
+/** Whether `given` matches the `stored` attribute value. Never rejects. */
+export async function verifyStoredPassword(stored: string, given: string): Promise<PasswordVerdict> {
+  const verdict = (ok: boolean): PasswordVerdict => ({ result: ok ? 'match' : 'mismatch' });
   // An empty password never authenticates, whatever is stored.
-  if (given === '' || stored === '') return false;
+  if (given === '' || stored === '') return verdict(false);
   const m = SCHEME_RE.exec(stored);
-  if (!m) return safeEqual(Buffer.from(stored, 'utf8'), Buffer.from(given, 'utf8'));
+  if (!m) return verdict(safeEqual(Buffer.from(stored, 'utf8'), Buffer.from(given, 'utf8')));
   const scheme = (m[1] ?? '').toUpperCase();
   const rest = stored.slice(m[0].length);
   const password = Buffer.from(given, 'utf8');
   try {
-    if (scheme === 'CLEARTEXT') return safeEqual(Buffer.from(rest, 'utf8'), password);
+    if (scheme === 'CLEARTEXT') return verdict(safeEqual(Buffer.from(rest, 'utf8'), password));
     if (scheme === 'CRYPT') return verifyCrypt(rest, password);
     const digestScheme = DIGEST_SCHEMES[scheme];
-    return digestScheme ? verifyDigest(digestScheme, rest, password) : false;
+    if (digestScheme) return verdict(verifyDigest(digestScheme, rest, password));
+    const pbkdf2Scheme = PBKDF2_SCHEMES[scheme];
+    if (pbkdf2Scheme) return await verifyPbkdf2(scheme, pbkdf2Scheme, rest, password);
+    if (scheme === 'PBKDF2_SHA256') return await verifyPbkdf2Sha256C(rest, password);
+    return { result: 'unsupported-scheme', scheme: m[1] ?? '' };
   } catch {
     // A malformed stored value is a mismatch, not an error the caller must handle.
-    return false;
+    return verdict(false);
   }
+}
+
+/** 389-ds pwdchan and passlib's "adapted base64": `.` for `+`, padding optional. */
+function adaptedBase64(s: string): Buffer | null {
+  const b64 = s.replace(/\./g, '+');
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) return null;
+  return Buffer.from(b64, 'base64');
+}
+
+function tooManyIterations(scheme: string, iterations: number): PasswordVerdict {
+  return { result: 'unsupported-scheme', scheme: `${scheme} with ${iterations} iterations (certgate verifies at most ${MAX_PBKDF2_ITERATIONS})` };
+}
+
+/** `{PBKDF2-SHA256}10000$salt$key`, salt and key in adapted base64. */
+async function verifyPbkdf2(name: string, scheme: { digest: string; length: number }, body: string, password: Buffer): Promise<PasswordVerdict> {
+  const m = /^([0-9]{1,10})\$([^$]+)\$([^$]+)$/.exec(body.trim());
+  if (!m) return { result: 'mismatch' };
+  const iterations = Number(m[1]);
+  const salt = adaptedBase64(m[2] ?? '');
+  const key = adaptedBase64(m[3] ?? '');
+  if (!salt || !key || key.length !== scheme.length || iterations < 1) return { result: 'mismatch' };
+  if (iterations > MAX_PBKDF2_ITERATIONS) return tooManyIterations(name, iterations);
+  const computed = await pbkdf2Async(password, salt, iterations, key.length, scheme.digest);
+  return { result: safeEqual(computed, key) ? 'match' : 'mismatch' };
+}
+
+/** `{PBKDF2_SHA256}` of 389-ds's C plugin: base64 of iterations (uint32 BE), a 64-byte salt and a 256-byte key. */
+async function verifyPbkdf2Sha256C(body: string, password: Buffer): Promise<PasswordVerdict> {
+  const trimmed = body.trim();
+  if (!BASE64_RE.test(trimmed)) return { result: 'mismatch' };
+  const raw = Buffer.from(trimmed, 'base64');
+  if (raw.length !== 4 + 64 + 256) return { result: 'mismatch' };
+  const iterations = raw.readUInt32BE(0);
+  if (iterations < 1) return { result: 'mismatch' };
+  if (iterations > MAX_PBKDF2_ITERATIONS) return tooManyIterations('PBKDF2_SHA256', iterations);
+  const key = raw.subarray(68);
+  const computed = await pbkdf2Async(password, raw.subarray(4, 68), iterations, key.length, 'sha256');
+  return { result: safeEqual(computed, key) ? 'match' : 'mismatch' };
 }
 
 function verifyDigest(scheme: DigestScheme, encoded: string, password: Buffer): boolean {
@@ -79,14 +153,18 @@ function verifyDigest(scheme: DigestScheme, encoded: string, password: Buffer): 
   return safeEqual(computed, digest);
 }
 
-function verifyCrypt(stored: string, password: Buffer): boolean {
-  const parsed = parseCrypt(stored.trim());
-  if (!parsed) return false;
+function verifyCrypt(stored: string, password: Buffer): PasswordVerdict {
+  const value = stored.trim();
+  // Another crypt(3) method (`$y$` yescrypt, `$2b$` bcrypt, `$7$`, DES without a prefix): unsupported, not wrong.
+  const method = /^\$([^$]*)\$/.exec(value)?.[1];
+  if (method !== '1' && method !== '5' && method !== '6') return { result: 'unsupported-scheme', scheme: method === undefined ? 'CRYPT (DES)' : `CRYPT $${method}$` };
+  const parsed = parseCrypt(value);
+  if (!parsed) return { result: 'mismatch' };
   const computed =
     parsed.id === '1'
       ? md5Crypt(password, parsed.salt)
       : shaCrypt(parsed.id === '5' ? SHA256_CRYPT : SHA512_CRYPT, password, parsed.salt, parsed.rounds);
-  return safeEqual(Buffer.from(computed, 'ascii'), Buffer.from(parsed.hash, 'ascii'));
+  return { result: safeEqual(Buffer.from(computed, 'ascii'), Buffer.from(parsed.hash, 'ascii')) ? 'match' : 'mismatch' };
 }
 
 // ---------------------------------------------------------------------------

@@ -16,6 +16,15 @@ function clean(s: string): string {
   return s.replace(/[^A-Za-z0-9.:\-_[\]]/g, '?').slice(0, 255);
 }
 
+/**
+ * A user id inside the `(authenticated as ...)` comment: RFC 5322 atext, `.` and `@`
+ * (`asmith@samdom.example.com` stays whole); anything else, parentheses, backslash,
+ * spaces, `;`, control and non-ASCII characters included, becomes `?`.
+ */
+function cleanUser(s: string): string {
+  return s.replace(/[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]/g, '?').slice(0, 255);
+}
+
 /** RFC 5322 date-time, e.g. `Fri, 27 Nov 2026 18:30:00 +0000`. */
 export function rfc5322Date(d: Date): string {
   // toUTCString gives "Fri, 27 Nov 2026 18:30:00 GMT"; RFC 5322 prefers the numeric zone.
@@ -31,6 +40,6 @@ export function receivedHeader(f: ReceivedFacts): string {
   // smtp-server gives "[address]" when there is no reverse name (lookups are off: no DNS delay per session).
   const reverse = f.clientHostname && !f.clientHostname.startsWith('[') ? clean(f.clientHostname) : 'unknown';
   const from = `from ${clean(f.helo) || 'unknown'} (${reverse} [${clean(address)}])`;
-  const auth = f.user ? ` (authenticated as ${clean(f.user.id)} by ${f.user.method})` : '';
+  const auth = f.user ? ` (authenticated as ${cleanUser(f.user.id)} by ${f.user.method})` : '';
   return `Received: ${from} by ${clean(f.hostname)} (certgate) with ${f.protocol} id ${f.id}${auth}; ${rfc5322Date(f.date)}\r\n`;
 }

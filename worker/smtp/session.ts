@@ -22,9 +22,10 @@ import { receivedHeader } from './received.ts';
 
 /** The directory operations a session needs (shared/directory.ts implements them). */
 export interface DirectoryPort {
-  authenticate(username: string, password: string): Promise<{ outcome: CredentialCheck; userId: string | null }>;
-  checkAllowed(username: string, now: Date): Promise<{ outcome: Exclude<AllowanceCheck, 'not-checked'> }>;
-  lookupCertificate(values: TokenValues): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null }>;
+  /** `detail`: the directory's own reason, for the events (SPEC §2.1, §2.7). */
+  authenticate(username: string, password: string): Promise<{ outcome: CredentialCheck; userId: string | null; detail?: string }>;
+  checkAllowed(username: string, now: Date): Promise<{ outcome: Exclude<AllowanceCheck, 'not-checked'>; detail?: string }>;
+  lookupCertificate(values: TokenValues): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null; detail?: string }>;
 }
 
 /** What revocation data says of a validated chain (leaf first); `disabled`: inboundSmtpTls is off. */
@@ -61,6 +62,8 @@ export class Session implements SessionController {
   private tlsVersion: string | null = null;
   /** What the revocation check said of the certificate, for the events that follow. */
   private revocationNote: string | null = null;
+  /** What the directory said of the certificate query, when it gave a reason. */
+  private directoryNote: string | null = null;
   private allowedNotPermitted = false;
   /** The LDAP auth profile of an AUTH PLAIN/LOGIN exchange in progress. */
   private saslProfile: LdapAuthProfile | null = null;
@@ -152,7 +155,8 @@ export class Session implements SessionController {
       this.deps.observe.auth('certificate', outcome, decision.reason);
       this.event({
         outcome, reason: decision.reason, command: 'STARTTLS', method: decision.user ? 'certificate' : 'none',
-        reply: decision.refuse ? format(decision.refuse) : null, detail: this.revocationNote,
+        reply: decision.refuse ? format(decision.refuse) : null,
+        detail: [this.revocationNote, this.directoryNote].filter(Boolean).join('; ') || null,
       });
     }
     return decision.refuse;
@@ -173,13 +177,17 @@ export class Session implements SessionController {
       : null;
     let credentials: CredentialCheck;
     let userId: string | null = null;
+    let detail: string | null = null;
     if (proxying) credentials = 'invalid-credentials';
     else if (!directory) credentials = 'directory-unavailable';
-    else ({ outcome: credentials, userId } = await directory.authenticate(username, password));
+    else ({ outcome: credentials, userId, detail = null } = await directory.authenticate(username, password));
     let allowance: AllowanceCheck = 'not-checked';
     if (allowing) {
-      const answer = (await allowing).outcome;
-      if (credentials === 'authenticated') allowance = answer;
+      const answer = await allowing;
+      if (credentials === 'authenticated') {
+        allowance = answer.outcome;
+        detail ??= answer.detail ?? null;
+      }
     }
     const out = authOutcome(profile, credentials, allowance);
     if (out.authenticated) {
@@ -189,7 +197,7 @@ export class Session implements SessionController {
     this.deps.observe.auth('smtp-auth', out.outcome, out.reason);
     this.event({
       outcome: out.outcome, reason: out.reason, command: 'AUTH', reply: format(out.reply), method: 'smtp-auth',
-      user: out.authenticated ? this.state.user?.id ?? null : username,
+      user: out.authenticated ? this.state.user?.id ?? null : username, detail,
     });
     return out.reply;
   }
@@ -275,6 +283,7 @@ export class Session implements SessionController {
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
     const found = await directory.lookupCertificate(certificateTokenValues(chain.facts));
+    this.directoryNote = found.detail ?? null;
     return { kind: 'valid', directory: directoryMatch(found) };
   }
 
