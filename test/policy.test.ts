@@ -361,7 +361,7 @@ describe('rule 3: requestsClientCertificate', () => {
   }
 });
 
-const INVALID_REASONS = ['expired', 'not-yet-valid', 'untrusted-issuer', 'bad-key-usage', 'bad-signature', 'revoked', 'crl-expired', 'malformed'] as const;
+const INVALID_REASONS = ['expired', 'not-yet-valid', 'untrusted-issuer', 'bad-key-usage', 'bad-signature', 'revoked', 'crl-expired', 'revocation-unavailable', 'malformed'] as const;
 
 const DIRECTORY_ANSWERS: Record<string, DirectoryMatch | null> = {
   one: { kind: 'one', userId: USER_ID },
@@ -389,6 +389,7 @@ const REFUSAL_WORDS: Record<string, RegExp> = {
   'bad-signature': /signature/i,
   revoked: /revoked/i,
   'crl-expired': /revocation|CRL/i,
+  'revocation-unavailable': /revocation status .* unavailable/i,
   malformed: /malformed/i,
   'not-in-directory': /directory|listed/i,
   'ambiguous-directory-match': /more than one|ambiguous/i,

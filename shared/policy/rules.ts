@@ -48,7 +48,7 @@ export type DirectoryMatch =
 export type CertificateCheck =
   | { kind: 'not-requested' }
   | { kind: 'absent' }
-  /** reason: expired, not-yet-valid, untrusted-issuer, bad-key-usage, bad-signature, revoked, crl-expired, ... */
+  /** reason: expired, not-yet-valid, untrusted-issuer, bad-key-usage, bad-signature, revoked, crl-expired, revocation-unavailable, ... */
   | { kind: 'invalid'; reason: string }
   /** directory: null when the listener's profile runs no certificate query. */
   | { kind: 'valid'; directory: DirectoryMatch | null };
@@ -160,6 +160,7 @@ const REFUSAL_TEXT = new Map<string, string>([
   ['bad-signature', 'Client certificate signature invalid'],
   ['revoked', 'Client certificate revoked'],
   ['crl-expired', 'Revocation data for the client certificate has expired'],
+  ['revocation-unavailable', 'Revocation status of the client certificate is unavailable'],
   ['not-in-directory', 'Client certificate not listed in the directory'],
   ['ambiguous-directory-match', 'Client certificate matches more than one directory entry'],
   ['certificate-field-missing', 'Client certificate lacks a field the directory query needs'],
