@@ -772,6 +772,11 @@ async function printProfiles(dir: string, what: string, sessions: number): Promi
     for (const [a, t] of s.topSelf) console.log(row(t, s.busyMs, a));
     console.log('  inclusive (synchronous) time of chosen functions:');
     for (const [a, t] of s.inclusive) if (t > 0) console.log(row(t, s.busyMs, a));
+    console.log('  callers of the heaviest native functions:');
+    for (const [fn, list] of s.nativeCallers) {
+      console.log(`    ${fn}:`);
+      for (const [caller, t] of list) console.log(`  ${row(t, s.busyMs, caller)}`);
+    }
   }
 }
 

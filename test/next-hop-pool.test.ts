@@ -140,21 +140,24 @@ async function startFakeHop(): Promise<FakeHop> {
     socket.write('220 fake.example ESMTP\r\n');
     let buf = '';
     let data: string[] | null = null;
+    /** Recipients accepted in the current transaction. */
+    let recipients = 0;
     /** Handles one line; false when the connection is gone. */
     const handle = (line: string): boolean => {
       if (data) {
         ctx.command = data.length === 0 && line !== '.' ? 'DATA-LINE' : line === '.' ? '.' : '';
         if (line !== '.') {
           data.push(line);
-          return ctx.command === 'DATA-LINE' ? act(null) : true;
+          return ctx.command === 'DATA-LINE' ? act(null) !== null : true;
         }
         hop.complete.push(/^Subject: (.*)$/m.exec(data.join('\n'))?.[1] ?? '');
         data = null;
-        return act('250 2.0.0 queued\r\n');
+        return act('250 2.0.0 queued\r\n') !== null;
       }
       hop.log.push(`${ctx.connection} ${line}`);
       ctx.command = line.split(/[ :]/, 1)[0]!.toUpperCase();
       if (ctx.command === 'MAIL') ctx.transaction++;
+      if (ctx.command === 'MAIL' || ctx.command === 'RSET') recipients = 0;
       const normal: Record<string, string> = {
         EHLO: '250-fake.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n',
         HELO: '250 fake.example\r\n',
@@ -165,28 +168,30 @@ async function startFakeHop(): Promise<FakeHop> {
         QUIT: '221 2.0.0 bye\r\n',
       };
       if (ctx.command === 'DATA') {
-        const ok = act(normal.DATA!);
-        if (ok && !socket.destroyed) data = [];
-        return ok;
+        const sent = act(recipients > 0 ? normal.DATA! : '554 5.5.1 no valid recipients\r\n');
+        if (sent?.startsWith('354') && !socket.destroyed) data = [];
+        return sent !== null;
       }
-      const ok = act(normal[ctx.command] ?? '500 5.5.1 unknown\r\n');
+      const sent = act(normal[ctx.command] ?? '500 5.5.1 unknown\r\n');
+      if (ctx.command === 'RCPT' && sent?.startsWith('250')) recipients++;
+      const ok = sent !== null;
       if (ctx.command === 'QUIT') socket.end();
       return ok;
     };
-    /** Sends `normal` unless the fault hook says otherwise. */
-    const act = (normal: string | null): boolean => {
+    /** Sends `normal` unless the fault hook says otherwise; what was sent, null when the connection is gone. */
+    const act = (normal: string | null): string | null => {
       const f = hop.fault(ctx);
       if (f === 'drop') {
         socket.destroy();
-        return false;
+        return null;
       }
-      const out = f ?? normal;
+      const out = f ?? normal ?? '';
       if (out) socket.write(out);
       if (f?.startsWith('421')) {
         socket.end();
-        return false;
+        return null;
       }
-      return true;
+      return out;
     };
     socket.on('data', (d: Buffer) => {
       buf += d.toString('latin1');
@@ -292,6 +297,21 @@ describe('next-hop connection reuse', () => {
     assertAccepted(await send('m4'));
     assert.equal(hop.connections - first, 1);
     assert.deepEqual(hop.complete, ['m1', 'm3', 'm4']);
+  });
+
+  test('one recipient: DATA pipelined with MAIL and RCPT; a next hop answering 354 after refusing it → the connection is dropped, nothing delivered', async () => {
+    reset(({ transaction, command }) =>
+      transaction === 2 && command === 'RCPT' ? '550 5.1.1 no such user\r\n' : transaction === 2 && command === 'DATA' ? '354 go ahead anyway\r\n' : null,
+    );
+    const first = hop.connections;
+    assertAccepted(await send('m1'));
+    const c = hop.connections;
+    assertRejected(await send('m2'), 550, 'rcpt', /^5\.1\.1 no such user$/);
+    await until(() => hop.closed.has(c), 'the connection left inside DATA dropped');
+    assert.ok(!hop.log.some((l) => l.startsWith(`${c} `) && / QUIT$/.test(l)), 'no QUIT sent as message text');
+    assertAccepted(await send('m3'));
+    assert.equal(hop.connections - first, 2);
+    assert.deepEqual(hop.complete, ['m1', 'm3']);
   });
 
   test('a reused connection dying mid-message → 451 4.4.1, not retried, nothing delivered', async () => {

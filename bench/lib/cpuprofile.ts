@@ -1,6 +1,7 @@
 // Reads a V8 .cpuprofile (node --cpu-prof) and says where the CPU went: self time by
 // package/file, the top functions by self time, and the inclusive (synchronous) time of
-// chosen certgate functions.
+// chosen certgate functions, and who called the heaviest native functions (a socket write
+// costs what the TLS layer does inside it; the caller says whose write it was).
 import { readFile } from 'node:fs/promises';
 
 interface ProfileNode {
@@ -24,6 +25,8 @@ export interface ProfileSummary {
   byArea: Array<[string, number]>;
   topSelf: Array<[string, number]>;
   inclusive: Array<[string, number]>;
+  /** The heaviest native functions and the code that called them (the two nearest frames outside Node's internals). */
+  nativeCallers: Array<[string, Array<[string, number]>]>;
 }
 
 /** Where a frame's code lives: a package, a certgate file, Node internals or a V8 pseudo-frame. */
@@ -86,7 +89,23 @@ export async function summarizeProfile(path: string, inclusiveOf: string[], top 
     }
   }
   const sorted = (m: Map<string, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]);
+  const natives = sorted(fns).filter(([l]) => !l.includes(' ') && !l.startsWith('(')).slice(0, 4).map(([l]) => l);
+  const callers = new Map<string, Map<string, number>>(natives.map((n) => [n, new Map()]));
+  for (const [id, ms] of selfByNode) {
+    const n = byId.get(id)!;
+    const mine = callers.get(label(n));
+    if (!mine || n.callFrame.url) continue;
+    const chain: string[] = [];
+    for (let cur = parent.get(id); cur !== undefined && chain.length < 2; cur = parent.get(cur)) {
+      const c = byId.get(cur)!;
+      // Node's own stream plumbing says nothing about whose write it was: skip it.
+      if (c.callFrame.url && !c.callFrame.url.startsWith('node:')) chain.push(label(c));
+    }
+    const key = chain.join(' < ') || '(no JS caller)';
+    mine.set(key, (mine.get(key) ?? 0) + ms);
+  }
   return {
+    nativeCallers: natives.map((n) => [n, sorted(callers.get(n)!).slice(0, 5)]),
     totalMs: total,
     idleMs: idle,
     busyMs: total - idle,

@@ -336,6 +336,16 @@ class Connection {
     return this.socket.write(data);
   }
 
+  /** Writes `parts` as one (writev): one system call, one TLS record where they fit. */
+  writeAll(parts: Buffer[]): boolean {
+    if (this.failure) return true;
+    this.socket.cork();
+    let ok = true;
+    for (const p of parts) ok = this.socket.write(p);
+    this.socket.uncork();
+    return ok;
+  }
+
   async command(line: string, timeoutMs: number): Promise<SmtpReply> {
     this.write(`${line}\r\n`);
     return this.read(timeoutMs, line.split(' ', 1)[0]!);
@@ -423,22 +433,37 @@ function messageFailure(err: Error): NextHopUnavailable {
 
 /**
  * Streams the message through the stuffer to the next hop, pausing the client's stream while
- * the socket buffer is full. Resolves at the end of the message; rejects when either side fails.
+ * the socket buffer is full. Resolves at the end of the message with what it still holds;
+ * rejects when either side fails.
+ *
+ * The latest chunk (and the header prefix before it) is held until the next chunk or the end
+ * arrives, so that a small message goes out as one write with its end marker: one system call
+ * instead of three. The next hop lags by at most one chunk of the client's transfer.
  */
-function pumpMessage(conn: Connection, stuffer: DotStuffer, message: NodeJS.ReadableStream, state: MessageState, stepMs: number): Promise<void> {
+function pumpMessage(conn: Connection, stuffer: DotStuffer, message: NodeJS.ReadableStream, state: MessageState, stepMs: number, prefix: Buffer): Promise<Buffer[]> {
   return new Promise((resolve, reject) => {
     let settled = false;
     let waitingDrain = false;
+    /** Not yet written: the prefix until the first chunk is written, then the latest chunk. */
+    let held: Buffer[] = [prefix];
+    let holdsChunk = false;
     const finish = (err?: Error): void => {
       if (settled) return;
       settled = true;
       message.removeListener('data', onData);
       if (err) reject(err);
-      else resolve();
+      else resolve(held);
     };
     const onData = (chunk: Buffer | string): void => {
       const out = stuffer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-      if (conn.write(out) || waitingDrain) return;
+      if (!holdsChunk) {
+        held.push(out);
+        holdsChunk = true;
+        return;
+      }
+      const ready = held;
+      held = [out];
+      if (conn.writeAll(ready) || waitingDrain) return;
       waitingDrain = true;
       message.pause();
       conn.drained(stepMs).then(() => {
@@ -595,9 +620,11 @@ class Attempt {
     }
     const link = this.link;
     const broken = link !== null && (link.conn.isFailed || this.staleReset || (lastError instanceof NextHopRejected && lastError.closing));
+    /** The next hop's own answer to this message: passed back, never retried. */
+    const verdict = lastError instanceof NextHopRejected && !lastError.closing;
     // Only failures before any byte of the message was written: the next hop cannot have taken it.
-    const retry = this.pooled !== null && !this.messageStarted && broken;
-    const known = result.accepted || (lastError instanceof NextHopRejected && !lastError.closing);
+    const retry = this.pooled !== null && !this.messageStarted && broken && !verdict;
+    const known = result.accepted || verdict;
     return { result, retry, keep: this.ready && known && !this.inData && !broken };
   }
 
@@ -606,11 +633,21 @@ class Attempt {
     this.ready = true;
     link.transactions++;
     this.stage = 'mail';
-    await this.sendEnvelope(link, this.pooled !== null);
-    this.stage = 'data';
     // The client's transfer already failed: do not start a DATA that could only be aborted.
-    if (state.settled && state.error) throw messageFailure(state.error);
-    expectReply(await link.conn.command('DATA', this.stepMs), (c) => c === 354, 'data', 'DATA');
+    const clientFailed = (): boolean => state.settled && state.error !== null;
+    const withData = link.caps.pipelining && this.envelope.to.length === 1 && !clientFailed();
+    const pipelinedData = await this.sendEnvelope(link, this.pooled !== null, withData);
+    this.stage = 'data';
+    if (!pipelinedData && clientFailed()) throw messageFailure(state.error!);
+    const dataReply = pipelinedData ?? (await link.conn.command('DATA', this.stepMs));
+    if (dataReply.code === 354 && clientFailed()) {
+      // Inside the transfer now: only dropping the connection keeps the next hop from taking
+      // a message (and it must not look like a broken pooled connection worth a retry).
+      this.messageStarted = true;
+      link.conn.destroy();
+      throw messageFailure(state.error!);
+    }
+    expectReply(dataReply, (c) => c === 354, 'data', 'DATA');
     this.stage = 'message';
     await this.transmit(link.conn, prefix, message, state);
     const final = await link.conn.read(this.target.finalReplyTimeoutMs ?? DEFAULT_FINAL_REPLY_MS, 'end of DATA');
@@ -695,14 +732,21 @@ class Attempt {
    * [RSET on a pooled connection,] MAIL and every RCPT, pipelined when offered; any refusal aborts
    * the whole message. After a refusal the replies still due are read, so the connection stays
    * reusable (a failure while reading them only means it is not kept).
+   *
+   * With `withData` DATA joins the pipelined group (RFC 2920) and its reply is returned. Only for
+   * one recipient: refused, it leaves no valid recipient and the next hop refuses the DATA too;
+   * with several, a 354 after a partial refusal could only be undone by dropping the connection.
    */
-  private async sendEnvelope(link: Link, reset: boolean): Promise<void> {
+  private async sendEnvelope(link: Link, reset: boolean, withData: boolean): Promise<SmtpReply | null> {
     const { conn, caps } = link;
     this.checkAgainst(caps);
     const lines = [`MAIL FROM:<${this.envelope.from}>${this.mailParams(caps)}`, ...this.envelope.to.map((r) => `RCPT TO:<${r}>`)];
     if (reset) lines.unshift('RSET');
+    if (withData) lines.push('DATA');
     if (caps.pipelining) conn.write(lines.map((l) => `${l}\r\n`).join(''));
-    for (const [i, line] of lines.entries()) {
+    const judged = withData ? lines.length - 1 : lines.length;
+    for (let i = 0; i < judged; i++) {
+      const line = lines[i]!;
       const reply = caps.pipelining ? await conn.read(this.stepMs, verb(line)) : await conn.command(line, this.stepMs);
       try {
         this.judgeEnvelopeReply(reply, reset ? i - 1 : i);
@@ -711,6 +755,7 @@ class Attempt {
         throw err;
       }
     }
+    return withData ? conn.read(this.stepMs, 'DATA') : null;
   }
 
   /** `index`: -1 for RSET, 0 for MAIL, then the RCPTs. */
@@ -728,10 +773,8 @@ class Attempt {
     this.inData = true;
     this.messageStarted = true;
     const stuffer = new DotStuffer();
-    conn.write(stuffer.push(prefix));
-    await conn.drained(this.stepMs);
-    await pumpMessage(conn, stuffer, message, state, this.stepMs);
-    conn.write(stuffer.end());
+    const rest = await pumpMessage(conn, stuffer, message, state, this.stepMs, stuffer.push(prefix));
+    conn.writeAll([...rest, stuffer.end()]);
     this.inData = false;
   }
 
@@ -753,10 +796,16 @@ class Attempt {
 
 const verb = (line: string): string => line.split(/[ :]/, 1)[0]!;
 
-/** Reads `count` pipelined replies after a refusal; never throws (a failed connection is simply not kept). */
+/**
+ * Reads `count` pipelined replies after a refusal; never throws (a failed connection is simply
+ * not kept). A 354 among them (a next hop that took DATA anyway) leaves the connection inside a
+ * mail transfer: it is dropped, so that nothing, not even a QUIT, is read as message text.
+ */
 async function drainReplies(conn: Connection, count: number): Promise<void> {
   try {
-    for (let i = 0; i < count && !conn.isFailed; i++) await conn.read(QUIT_MS, 'pipelined command');
+    for (let i = 0; i < count && !conn.isFailed; i++) {
+      if ((await conn.read(QUIT_MS, 'pipelined command')).code === 354) conn.destroy();
+    }
   } catch {
     // The refusal is the answer; the connection is closed instead of kept.
   }
