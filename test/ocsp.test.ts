@@ -143,6 +143,19 @@ describe('OCSP against openssl ocsp', () => {
     assertOutcome(stillDelegated, 'good', /delegated responder/);
   });
 
+  test('responderCaPem: a responder certificate chaining to it through an intermediate the response includes', async () => {
+    const sub = await pki.ca({ name: 'foreign-sub', cn: 'Foreign Validation CA', issuer: 'foreign' });
+    const va = await pki.client({ cn: 'Foreign VA Responder', issuer: sub, email: null, upn: null, keyUsage: 'critical,digitalSignature', extendedKeyUsage: 'OCSPSigning' });
+    const [withSub, withoutSub] = await Promise.all([
+      startOcspResponder({ ca: pki.intermediate, signer: va, entries: [{ serial: good.serial }], otherCertsPath: sub.certPath }),
+      startOcspResponder({ ca: pki.intermediate, signer: va, entries: [{ serial: good.serial }] }),
+    ]);
+    responders.push(withSub, withoutSub);
+    const s = (url: string) => settings({ responderUrl: url, responderCaPem: pki.foreign.certPem });
+    assertOutcome(await checkerWithout().check(good.x509, pki.intermediate.x509, s(withSub.url)), 'good', /trusted responder .*Foreign VA Responder/);
+    assertOutcome(await checkerWithout().check(good.x509, pki.intermediate.x509, s(withoutSub.url)), 'unavailable', /neither issued by the certificate's issuer nor valid under responderCaPem/);
+  });
+
   test('ResponderID by key and no certificates in the response: the signer must be known (pinned in responderCaPem)', async () => {
     const checker = () => checkerWithout();
     const unknownSigner = await checker().check(good.x509, pki.intermediate.x509, settings({ responderUrl: keyIdNoCerts.url }));

@@ -477,11 +477,8 @@ export const OID = {
   subjectInfoAccess: '1.3.6.1.5.5.7.1.11',
   upn: '1.3.6.1.4.1.311.20.2.3',
   ekuClientAuth: '1.3.6.1.5.5.7.3.2',
-  ekuOcspSigning: '1.3.6.1.5.5.7.3.9',
   ekuAny: '2.5.29.37.0',
 } as const;
-
-const EKU_NAMES: Record<string, string> = { [OID.ekuClientAuth]: 'clientAuth', [OID.ekuOcspSigning]: 'OCSPSigning' };
 
 /**
  * Extensions a certificate may mark critical and still pass our validation.
@@ -826,8 +823,8 @@ function describe(cert: X509Certificate): string {
   }
 }
 
-/** Checks of a complete, signature-verified path (leaf first, anchor last), the leaf fit for `purpose` (an EKU OID). */
-function checkPath(chain: X509Certificate[], now: Date, purpose: string): Failure | null {
+/** Checks of a complete, signature-verified path (leaf first, anchor last). */
+function checkPath(chain: X509Certificate[], now: Date): Failure | null {
   const t = now.getTime();
   for (const c of chain) {
     const { notBefore, notAfter } = certInfo(c).parsed;
@@ -857,8 +854,8 @@ function checkPath(chain: X509Certificate[], now: Date, purpose: string): Failur
   if (leaf.keyUsage !== null && !(leaf.keyUsage & (KU.digitalSignature | KU.keyAgreement))) {
     return fail('bad-key-usage', 'certificate key usage allows neither digitalSignature nor keyAgreement');
   }
-  if (leaf.extKeyUsage !== null && !leaf.extKeyUsage.includes(purpose) && !leaf.extKeyUsage.includes(OID.ekuAny)) {
-    return fail('bad-key-usage', `certificate extended key usage does not include ${EKU_NAMES[purpose] ?? purpose}`);
+  if (leaf.extKeyUsage !== null && !leaf.extKeyUsage.includes(OID.ekuClientAuth) && !leaf.extKeyUsage.includes(OID.ekuAny)) {
+    return fail('bad-key-usage', 'certificate extended key usage does not include clientAuth');
   }
   return null;
 }
@@ -873,23 +870,7 @@ function checkPath(chain: X509Certificate[], now: Date, purpose: string): Failur
  * exist, the first that passes wins; otherwise the most telling failure is
  * reported (a complete path's problem over a bad signature over no issuer).
  */
-export function validateClientCertificate(input: PathInput): ChainResult {
-  return validateCertificatePath(input, OID.ekuClientAuth);
-}
-
-export interface PathInput {
-  leaf: X509Certificate;
-  presented: X509Certificate[];
-  trusted: X509Certificate[];
-  now: Date;
-}
-
-/**
- * `validateClientCertificate` for another purpose of the leaf (`purpose`: the
- * extended key usage OID its EKU extension, when present, must list), e.g. an
- * OCSP responder's certificate chaining to `responderCaPem`.
- */
-export function validateCertificatePath(input: PathInput, purpose: string): ChainResult {
+export function validateClientCertificate(input: { leaf: X509Certificate; presented: X509Certificate[]; trusted: X509Certificate[]; now: Date }): ChainResult {
   const { leaf, now } = input;
   let leafInfo: CertInfo;
   try {
@@ -956,7 +937,7 @@ export function validateCertificatePath(input: PathInput, purpose: string): Chai
       }
       const next = [...path, cert];
       if (anchor) {
-        const problem = checkPath(next, now, purpose);
+        const problem = checkPath(next, now);
         if (!problem) return next;
         firstPathFailure ??= problem;
         continue; // another path may still be good (e.g. a renewed intermediate)

@@ -44,6 +44,8 @@ export interface ResponderOptions {
   byKey?: boolean;
   /** `-resp_no_certs`: the signer certificate is not included. */
   noCerts?: boolean;
+  /** `-rother`: more certificates (a PEM file) to include, e.g. the responder's own CA. */
+  otherCertsPath?: string;
 }
 
 export interface OcspResponder {
@@ -135,6 +137,7 @@ export async function startOcspResponder(o: ResponderOptions): Promise<OcspRespo
     if (minutes !== null) args.push('-nmin', String(minutes));
     if (o.byKey) args.push('-resp_key_id');
     if (o.noCerts) args.push('-resp_no_certs');
+    if (o.otherCertsPath) args.push('-rother', o.otherCertsPath);
     const child = spawn('nsenter', [`--net=/proc/${ns.pid}/ns/net`, '--', 'openssl', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout?.on('data', (b: Buffer) => (out += b.toString()));

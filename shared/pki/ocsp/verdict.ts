@@ -9,12 +9,17 @@
  * - one of its SingleResponses has the CertID of the certificate asked about;
  * - it is signed (the signature over `tbsResponseData` verifies) by the
  *   certificate the ResponderID names, which is
- *   - the issuer itself, or
+ *   - the issuer itself (its key), or
  *   - a delegated responder: issued directly by the issuer, listing
  *     `id-kp-OCSPSigning` in its extended key usage (anyExtendedKeyUsage does
- *     not delegate), inside its validity period, or
+ *     not delegate), a key usage that allows signing, no critical extension
+ *     we do not know, inside its validity period, or
  *   - a certificate of `responderCaPem` itself (a locally trusted
- *     responder), or one that chains to it and lists `id-kp-OCSPSigning`;
+ *     responder), or one that lists `id-kp-OCSPSigning` and chains to a CA
+ *     of `responderCaPem` through certificates the response includes;
+ * - the responder certificate's own revocation is not checked (RFC 6960
+ *   §4.2.2.2.1 leaves it to local policy; responders are usually marked
+ *   id-pkix-ocsp-nocheck, and asking OCSP about OCSP would loop);
  * - `thisUpdate` is at most 5 minutes in the future, `nextUpdate` (when
  *   present) has not passed;
  * - with a nonce sent, the response carries the same nonce extension.
@@ -26,7 +31,7 @@ import { verify as verifySignature, X509Certificate, type KeyObject } from 'node
 import { BasicOCSPResponse, OCSPResponse, OCSPResponseStatus, id_pkix_ocsp_basic, id_pkix_ocsp_nonce, type SingleResponse } from '@peculiar/asn1-ocsp';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { CRLReasons } from '@peculiar/asn1-x509';
-import { OID, canonicalName, certInfo, formatName, nameTlv, validateCertificatePath } from '../certificate.ts';
+import { canonicalName, certInfo, formatName, nameTlv } from '../certificate.ts';
 import { bytesEqual, certIdMatches, keyHash } from './request.ts';
 
 /** Clock skew allowed for a `thisUpdate` in the future (SPEC §2.6b). */
@@ -75,10 +80,24 @@ const SIGNATURE_ALGORITHMS: ReadonlyMap<string, string | null> = new Map([
 ]);
 const SHA1_SIGNATURES = new Set(['1.2.840.113549.1.1.5', '1.2.840.10045.4.1', '1.2.840.10040.4.3']);
 
-/** Extensions a responder certificate may carry critically: ocsp-nocheck on top of what chains allow. */
-const OCSP_NOCHECK = '1.3.6.1.5.5.7.48.1.5';
+const OCSP_SIGNING = '1.3.6.1.5.5.7.3.9';
+/** Extensions a responder certificate (or a CA above it) may mark critical: what such certificates carry. */
+const KNOWN_CRITICAL = new Set([
+  '2.5.29.15', // keyUsage
+  '2.5.29.37', // extKeyUsage
+  '2.5.29.19', // basicConstraints
+  '2.5.29.14', // subjectKeyIdentifier
+  '2.5.29.35', // authorityKeyIdentifier
+  '2.5.29.17', // subjectAltName
+  '2.5.29.32', // certificatePolicies
+  '1.3.6.1.5.5.7.1.1', // authorityInfoAccess
+  '2.5.29.31', // cRLDistributionPoints
+  '1.3.6.1.5.5.7.48.1.5', // id-pkix-ocsp-nocheck
+]);
 /** keyUsage digitalSignature | nonRepudiation (contentCommitment): either may sign responses. */
 const SIGNING_KEY_USAGE = 0b11;
+/** Longest path from a responder certificate to responderCaPem (responder, intermediates, anchor). */
+const MAX_RESPONDER_CHAIN = 4;
 
 const STATUS_NAMES: Record<number, string> = {
   [OCSPResponseStatus.malformedRequest]: 'malformedRequest',
@@ -183,25 +202,54 @@ function authorityOf(cert: X509Certificate, included: X509Certificate[], ctx: Ju
   if (cert === ctx.issuer || keyHash(cert).equals(keyHash(ctx.issuer))) return { ok: true, name: 'the issuer' };
   const name = subjectOf(cert);
   const now = ctx.now;
-  const info = certInfo(cert);
-  const pinned = ctx.responderCas.some((a) => certInfo(a).fingerprint === info.fingerprint);
-  if (pinned) {
-    if (now < info.parsed.notBefore || now > info.parsed.notAfter) return { ok: false, problem: `trusted responder ${name} is outside its validity period` };
-    return { ok: true, name: `trusted responder ${name}` };
-  }
-  if (!info.extKeyUsage?.includes(OID.ekuOcspSigning)) return { ok: false, problem: `responder certificate ${name} lacks the OCSPSigning extended key usage` };
-  if (info.keyUsage !== null && !(info.keyUsage & SIGNING_KEY_USAGE)) return { ok: false, problem: `responder certificate ${name} key usage does not allow signing` };
-  if (info.unhandledCritical.some((oid) => oid !== OCSP_NOCHECK)) return { ok: false, problem: `responder certificate ${name} has unsupported critical extensions` };
-
+  if (!validAt(cert, now)) return { ok: false, problem: `responder certificate ${name} is outside its validity period` };
+  if (ctx.responderCas.some((a) => a.fingerprint256 === cert.fingerprint256)) return { ok: true, name: `trusted responder ${name}` };
+  // Node's `keyUsage` is the extended key usage list (undefined without the extension).
+  if (!cert.keyUsage?.includes(OCSP_SIGNING)) return { ok: false, problem: `responder certificate ${name} lacks the OCSPSigning extended key usage` };
+  const ku = certInfo(cert).keyUsage;
+  if (ku !== null && !(ku & SIGNING_KEY_USAGE)) return { ok: false, problem: `responder certificate ${name} key usage does not allow signing` };
+  if (unknownCritical(cert)) return { ok: false, problem: `responder certificate ${name} has unsupported critical extensions` };
   // Delegated by the issuer: issued directly by it (RFC 6960 §4.2.2.2).
-  const byIssuer = validateCertificatePath({ leaf: cert, presented: [], trusted: [ctx.issuer], now }, OID.ekuOcspSigning);
-  if (byIssuer.ok && byIssuer.chain.length === 2) return { ok: true, name: `delegated responder ${name}` };
+  if (issuedBy(cert, ctx.issuer)) return { ok: true, name: `delegated responder ${name}` };
   if (ctx.responderCas.length > 0) {
-    const local = validateCertificatePath({ leaf: cert, presented: included, trusted: ctx.responderCas, now }, OID.ekuOcspSigning);
-    if (local.ok) return { ok: true, name: `trusted responder ${name}` };
-    return { ok: false, problem: `responder certificate ${name} is neither issued by the certificate's issuer nor valid under responderCaPem (${local.detail})` };
+    if (chainsTo(cert, included, ctx.responderCas, now)) return { ok: true, name: `trusted responder ${name}` };
+    return { ok: false, problem: `responder certificate ${name} is neither issued by the certificate's issuer nor valid under responderCaPem` };
   }
-  return { ok: false, problem: `responder certificate ${name} is not issued by the certificate's issuer${byIssuer.ok ? '' : ` (${byIssuer.detail})`}` };
+  return { ok: false, problem: `responder certificate ${name} is not issued by the certificate's issuer` };
+}
+
+/** `issuer` issued `cert`: names and key identifiers match, the issuer may sign certificates, and the signature verifies. */
+function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+  try {
+    return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+function validAt(cert: X509Certificate, now: Date): boolean {
+  const { notBefore, notAfter } = certInfo(cert).parsed;
+  return now >= notBefore && now <= notAfter;
+}
+
+function unknownCritical(cert: X509Certificate): boolean {
+  return [...certInfo(cert).parsed.extensions].some(([oid, e]) => e.critical && !KNOWN_CRITICAL.has(oid));
+}
+
+/**
+ * A path from `cert` up to a certificate of `anchors`, through the certificates the response
+ * included: every link issued and signed, every CA on it a CA inside its validity period.
+ */
+function chainsTo(cert: X509Certificate, pool: X509Certificate[], anchors: X509Certificate[], now: Date): boolean {
+  let current = cert;
+  for (let depth = 1; depth < MAX_RESPONDER_CHAIN; depth++) {
+    const anchor = anchors.find((a) => issuedBy(current, a));
+    if (anchor) return anchor.ca && validAt(anchor, now);
+    const next = pool.find((c) => c.fingerprint256 !== current.fingerprint256 && c.ca && validAt(c, now) && !unknownCritical(c) && issuedBy(current, c));
+    if (!next) return false;
+    current = next;
+  }
+  return false;
 }
 
 /** Whether the ResponderID of `basic` designates `cert` (byKey: SHA-1 of its key; byName: its subject). */
