@@ -10,7 +10,9 @@
  *   user: bind method, deployment B's allow query) + one small message relayed to a sink +
  *   QUIT. certgate = the real worker process configured through the API like deployment B;
  *   reference = a bare smtp-server (own child process) accepting any AUTH PLAIN and relaying
- *   with worker/relay/next-hop.ts through a NextHopPool (kept next-hop connections).
+ *   with worker/relay/next-hop.ts through a NextHopPool (kept next-hop connections). certgate runs twice:
+ *   with SPEC §2.4's authFailureThrottle per client and per user (two Redis reads per key before
+ *   each AUTH) and without it; their ratio is the throttle's cost (target ≥ 0.95).
  * - cert: each session = new connection + STARTTLS with a smart-card-shaped client
  *   certificate listed in the directory + EHLO + one message (no AUTH); certgate configured
  *   like deployment A. References: a bare Node TLS server with requestCert (implicit TLS,
@@ -466,7 +468,7 @@ async function redisPid(url: string): Promise<number | undefined> {
 
 async function main(): Promise<void> {
   const startedAt = Date.now();
-  const perScenarioRuns = { auth: 2, cert: argv.postfix === 'on' ? 4 : 3 };
+  const perScenarioRuns = { auth: 3, cert: argv.postfix === 'on' ? 4 : 3 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
     `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
@@ -538,6 +540,7 @@ async function main(): Promise<void> {
     // Deployment B (SMTP AUTH only) and deployment A (certificate only), each on its own listener.
     const portB = await freePort();
     const portA = await freePort();
+    const portBOpen = await freePort();
     const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
     await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
     await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
@@ -546,9 +549,16 @@ async function main(): Promise<void> {
     });
     await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp-a', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
     const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };
-    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-B', verifyClientCertificate: false });
-    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true });
+    // The load comes from one address: per-client connection limits stay out of its way. RELAYED-B counts
+    // failed AUTH per client and per user (the throttle's most expensive form), RELAYED-B-OPEN not at all.
+    const throttleOn = { perClient: { maxFailures: 100, windowSeconds: 600 }, perUser: { maxFailures: 10, windowSeconds: 900 } };
+    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-B', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: throttleOn });
+    await sys.api.ok('POST', '/v1/mail-flow-policies', {
+      ...policy, name: 'RELAYED-B-OPEN', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: { perClient: null, perUser: null },
+    });
+    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true, maxConnectionsPerClient: null });
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b', port: portB, authProfile: 'ldap-auth', policy: 'RELAYED-B', tls: { ...serverTls, clientCaPem: null } }));
+    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b-open', port: portBOpen, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }));
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
     await sys.settled(10_000);
 
@@ -598,6 +608,7 @@ async function main(): Promise<void> {
       const targets: Target[] = [
         { key: 'ref', label: 'bare smtp-server (AUTH unchecked)', kind: 'smtp', port: ref.ports.smtpAuth, serverCpu: refCpu, certgate: false },
         { key: 'cg', label: 'certgate (deployment B)', kind: 'smtp', port: portB + worker.offset, serverCpu: workerCpu, certgate: true },
+        { key: 'cg-open', label: 'certgate (B, no AUTH throttle)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
       ];
       const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
       const results = await runScenario(ctx, 'auth', targets, spec);
@@ -607,10 +618,13 @@ async function main(): Promise<void> {
         `(p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ${ratioText(results, 'cg', 'ref', c, r, greetingDelay === 'off' ? 0.9 : null)}` +
         `${greetingDelay === 'off' ? '' : ' (the 0.9 target is like for like: --greeting-delay off)'}; ` +
         `client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
+      const open = summarize(results, targets[2]!);
+      const throttle = `auth: AUTH throttle per client and per user on vs off: ${fmt(c.rate)} vs ${fmt(open.rate)} sessions/s → ${ratioText(results, 'cg', 'cg-open', c, open, 0.95)}`;
       console.log('  ' + line);
-      summaries.push(line, `  ${cpuLine([c, r])}`);
-      console.log(`  ${cpuLine([c, r])}`);
-      noise.push(c, r);
+      console.log('  ' + throttle);
+      summaries.push(line, throttle, `  ${cpuLine([c, open, r])}`);
+      console.log(`  ${cpuLine([c, open, r])}`);
+      noise.push(c, open, r);
       printHead(results);
     }
 
