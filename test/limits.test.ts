@@ -3,7 +3,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  admitConnection, authFailureLimitReply, badCommandLimitReply, idleTimeoutMs, isBadCommandReply, LIMIT_REPLIES,
+  authFailureLimitReply, clientAdmission, listenerAdmission, badCommandLimitReply, idleTimeoutMs, isBadCommandReply, LIMIT_REPLIES,
   messageLimitReply, refusedSessionReply, REFUSED_SESSION_SILENCE_MS,
 } from '../shared/policy/limits.ts';
 
@@ -50,21 +50,13 @@ describe('session limits', () => {
     assert.equal(idleTimeoutMs({ idleTimeoutSeconds: 300 }), 300_000);
   });
 
-  test('admission: maxConnections first (silent before an implicit TLS handshake), then per client after it', () => {
-    const listener = { maxConnections: 3 };
-    for (const perClient of [1, 2, null]) {
-      for (let onListener = 0; onListener <= 4; onListener++) {
-        for (let fromClient = 0; fromClient <= onListener; fromClient++) {
-          for (const stage of ['before-tls', 'session'] as const) {
-            const a = admitConnection(listener, { maxConnectionsPerClient: perClient }, { listener: onListener, client: fromClient }, stage);
-            const what = `perClient ${perClient}, open ${onListener}/${fromClient}, ${stage}`;
-            if (onListener >= 3) assert.deepEqual(a, { admit: false, reply: LIMIT_REPLIES.tooManyConnections, reason: 'max-connections', silent: stage === 'before-tls' }, what);
-            else if (stage === 'session' && perClient !== null && fromClient >= perClient) {
-              assert.deepEqual(a, { admit: false, reply: LIMIT_REPLIES.tooManyConnectionsFromClient, reason: 'max-connections-per-client', silent: false }, what);
-            } else assert.deepEqual(a, { admit: true }, what);
-          }
-        }
+  test('admission: maxConnections for every connection (silent on implicit TLS), then per client', () => {
+    for (let open = 0; open <= 4; open++) {
+      for (const implicitTls of [false, true]) {
+        assert.deepEqual(listenerAdmission({ maxConnections: 3 }, open, implicitTls), open >= 3 ? { reply: LIMIT_REPLIES.tooManyConnections, silent: implicitTls } : null);
       }
+      for (const max of [1, 2, 3]) assert.deepEqual(clientAdmission({ maxConnectionsPerClient: max }, open), open >= max ? LIMIT_REPLIES.tooManyConnectionsFromClient : null);
+      assert.equal(clientAdmission({ maxConnectionsPerClient: null }, open * 1000), null);
     }
   });
 });

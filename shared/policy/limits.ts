@@ -6,6 +6,9 @@
 // - a limit is reached at its value: with maxAuthFailuresPerConnection 3, the 3rd failed
 //   AUTH is answered with its own reply and then the session gets the 421 and is closed
 //   (Postfix's hard error limit works the same way); `null` is no limit;
+// - maxAuthFailuresPerConnection counts AUTH refused for the credentials (535, a custom
+//   notAllowedResponse, a failed AUTH EXTERNAL) and AUTH refused by the throttle (454): a
+//   throttled client cannot keep one session asking forever. Not a directory that is down;
 // - maxMessagesPerConnection counts accepted MAIL FROM commands (transactions begun), so
 //   that MAIL/RSET loops are bounded too;
 // - maxBadCommands counts the replies 500-504: unknown commands, syntax errors, commands
@@ -13,7 +16,10 @@
 //   550, ...) are not the client's mistakes and do not count;
 // - a refused session (rules 1 and 3) answers every command but QUIT with its 554 (and
 //   counts each as a bad command: nothing is in sequence there), QUIT with 221; it closes
-//   after QUIT or after REFUSED_SESSION_SILENCE_MS without a command.
+//   after QUIT or after REFUSED_SESSION_SILENCE_MS without a command. A STARTTLS session refused
+//   after its handshake sends nothing unasked: its next command gets the 554 (an unsolicited
+//   reply would shift every later reply by one, QUIT's 221 included); an implicit-TLS or rule-1
+//   refusal is the greeting.
 import type { Listener, MailFlowPolicy } from '../config/schemas.ts';
 import type { Reply } from './rules.ts';
 
@@ -65,38 +71,22 @@ export function idleTimeoutMs(listener: Pick<Listener, 'idleTimeoutSeconds'>): n
   return listener.idleTimeoutSeconds * 1000;
 }
 
-/** Connections open now, as the admission decision sees them. */
-export interface OpenConnections {
-  /** On this listener, in this worker process (handshakes in progress included). */
-  listener: number;
-  /** From this client (sender-groups clientKey) to this worker process, on any listener. */
-  client: number;
+/**
+ * §2.5 maxConnections, for a connection just accepted, before anything else (the PROXY header,
+ * an implicit TLS handshake): `open` connections of this listener in this process, handshakes
+ * in progress included. `silent`: an implicit-TLS listener refuses without a word, since a
+ * plain-text 421 is garbage to a TLS client and a handshake is the RSA work the limit saves.
+ */
+export function listenerAdmission(listener: Pick<Listener, 'maxConnections'>, open: number, implicitTls: boolean): { reply: Reply; silent: boolean } | null {
+  return open >= listener.maxConnections ? { reply: LIMIT_REPLIES.tooManyConnections, silent: implicitTls } : null;
 }
 
-export type Admission =
-  | { admit: true }
-  /** Refused: `reply` is written (unless `silent`) and the connection closed. */
-  | { admit: false; reply: Reply; reason: 'max-connections' | 'max-connections-per-client'; silent: boolean };
-
 /**
- * §2.5 maxConnections, then §2.4 maxConnectionsPerClient, for a new connection (not yet
- * counted in `open`). `beforeTls`: an implicit-TLS listener that has not shaken hands yet.
- * There maxConnections refuses without a word (a plain-text 421 would be garbage to a TLS
- * client, and a handshake is the RSA work the limit is there to save); the per-client limit
- * is decided after the handshake, so that the client can read its 421 (as Postfix does).
+ * §2.4 maxConnectionsPerClient, once the client's address and policy are known (after the
+ * PROXY header, and after an implicit TLS handshake so that the client can read the 421, as
+ * Postfix does): `open` connections from this client (clientKey) to this worker process.
  */
-export function admitConnection(
-  listener: Pick<Listener, 'maxConnections'>,
-  policy: Pick<MailFlowPolicy, 'maxConnectionsPerClient'>,
-  open: OpenConnections,
-  stage: 'before-tls' | 'session',
-): Admission {
-  if (open.listener >= listener.maxConnections) {
-    return { admit: false, reply: LIMIT_REPLIES.tooManyConnections, reason: 'max-connections', silent: stage === 'before-tls' };
-  }
-  const perClient = policy.maxConnectionsPerClient;
-  if (stage === 'session' && perClient !== null && open.client >= perClient) {
-    return { admit: false, reply: LIMIT_REPLIES.tooManyConnectionsFromClient, reason: 'max-connections-per-client', silent: false };
-  }
-  return { admit: true };
+export function clientAdmission(policy: Pick<MailFlowPolicy, 'maxConnectionsPerClient'>, open: number): Reply | null {
+  const max = policy.maxConnectionsPerClient;
+  return max !== null && open >= max ? LIMIT_REPLIES.tooManyConnectionsFromClient : null;
 }
