@@ -1,9 +1,11 @@
 // Part of `npm run demo` (scripts/demo.sh): makes the demo PKI, starts a throwaway slapd with demo
-// users, loads the demo configuration through the HTTP API, writes DEMO_DIR/ready.json, then keeps
+// users on the documented port (the one the README's deployment guides use), loads deployment C of
+// the README through the HTTP API (same names and values), writes DEMO_DIR/ready.json, then keeps
 // slapd running until SIGINT/SIGTERM.
 //
 // Env: API_URL (default http://127.0.0.1:8080), API_TOKEN (default demo-token), DEMO_DIR (default
-// .demo), SMTP_PORT (default 2587), SINK_PORT (default 2526).
+// .demo), SMTP_PORT (default 2587), SINK_PORT (default 2526), LDAP_PORT (default 3389),
+// LDAP_ADMIN_PASSWORD (default secret).
 import { execFile } from 'node:child_process';
 import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -21,6 +23,8 @@ const DEMO_DIR = path.resolve(process.env.DEMO_DIR ?? '.demo');
 const PKI_DIR = path.join(DEMO_DIR, 'pki');
 const SMTP_PORT = Number(process.env.SMTP_PORT ?? 2587);
 const SINK_PORT = Number(process.env.SINK_PORT ?? 2526);
+const LDAP_PORT = Number(process.env.LDAP_PORT ?? 3389);
+const LDAP_ADMIN_PASSWORD = process.env.LDAP_ADMIN_PASSWORD || 'secret';
 const PASSWORD = 'demo-pass';
 
 function say(msg: string): void {
@@ -105,6 +109,8 @@ try {
   say('starting slapd with the demo users');
   const inAWeek = new Date(Date.now() + 7 * 24 * 3600_000);
   slapd = await startSlapd({
+    port: LDAP_PORT,
+    rootPassword: LDAP_ADMIN_PASSWORD,
     ldif: peopleLdif([
       // card holder: relays by certificate; a password gets the 525 answer
       { uid: 'jdoe', cn: 'John Doe', mail: 'john.doe@example.com', password: PASSWORD, passwordScheme: 'ssha', caccn: 'DOE.JOHN.1234567890', cacserial: card.serial },
@@ -121,8 +127,9 @@ try {
   say(`waiting for the API at ${API_URL}`);
   await waitForApi(60_000);
 
+  // Deployment C of the README, with its names and values.
   await upsert('ldap-profiles', {
-    name: 'demo-ldap',
+    name: 'corp',
     hosts: [slapd.url],
     connection: 'failover',
     baseDn: slapd.baseDn,
@@ -138,23 +145,23 @@ try {
       query: '(uid={u})',
       method: 'bind',
       passwordAttribute: 'userPassword',
-      allowQuery: '(&(uid={u})(|(!(caccn=*))(cacexempt=TRUE)(cacemergency>={t})))',
+      allowQuery: '(&(uid={u})(|(!(caccn=*))(cacexempt=*)(cacemergency>={t})))',
     },
   });
   await upsert('smtp-auth-profiles', {
-    name: 'demo-ldap-auth',
+    name: 'ldap-auth',
     type: 'ldap',
-    ldapProfile: 'demo-ldap',
+    ldapProfile: 'corp',
     checkWithLdap: true,
     onNotAllowed: 'reject',
     notAllowedResponse: { code: 525, text: 'Dear user, please use your CAC to send email.' },
   });
   await upsert('smtp-auth-profiles', {
-    name: 'demo-cac-auth',
+    name: 'cac-auth',
     type: 'certificate',
-    ldapProfile: 'demo-ldap',
+    ldapProfile: 'corp',
     allowSmtpAuthWithoutCertificate: true,
-    fallbackProfile: 'demo-ldap-auth',
+    fallbackProfile: 'ldap-auth',
   });
   await upsert('mail-flow-policies', {
     name: 'RELAYED',
@@ -163,8 +170,6 @@ try {
     verifyClientCertificate: false,
     requireSmtpAuth: true,
     smtpAuthRequiresTls: true,
-    maxMessageBytes: 26214400,
-    maxRecipients: 100,
   });
   await upsert('listeners', {
     name: 'submission',
@@ -173,11 +178,11 @@ try {
     implicitTls: false,
     hostname: 'gateway.example.com',
     tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: pki.root.certPem },
-    smtpAuthProfile: 'demo-cac-auth',
+    smtpAuthProfile: 'cac-auth',
     senderGroups: [{ name: 'RELAYLIST', senders: ['127.0.0.0/8', '::1/128'], policy: 'RELAYED' }],
     defaultPolicy: 'RELAYED',
     acceptedDomains: ['example.com'],
-    nextHop: { host: '127.0.0.1', port: SINK_PORT, tls: 'none', caPem: null },
+    nextHop: { host: '127.0.0.1', port: SINK_PORT, tls: 'opportunistic', caPem: null },
     enabled: true,
   });
 
@@ -197,8 +202,8 @@ try {
     say(`warning: CRL source not loaded: ${(err as Error).message}`);
   }
   try {
-    const r = await api('POST', '/v1/ldap-profiles/demo-ldap/test', { query: 'certificate', certificatePem: card.certPem });
-    say(`ldap-profiles/demo-ldap/test (certificate of jdoe): HTTP ${r.status} ${JSON.stringify(r.json)}`);
+    const r = await api('POST', '/v1/ldap-profiles/corp/test', { query: 'certificate', certificatePem: card.certPem });
+    say(`ldap-profiles/corp/test (certificate of jdoe): HTTP ${r.status} ${JSON.stringify(r.json)}`);
   } catch (err) {
     say(`warning: LDAP profile test failed: ${(err as Error).message}`);
   }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # THE start command (`npm run demo`): installs what is missing, then starts on this machine
 #   Redis (REDIS_PORT, default 6379), an SMTP sink (127.0.0.1:2526), the API (http://127.0.0.1:8080,
-#   token demo-token), one SMTP worker, a throwaway slapd with demo users and a demo PKI, and loads
-#   the demo configuration (listener 127.0.0.1:2587) through the HTTP API.
+#   token demo-token), one SMTP worker, a throwaway slapd with demo users on ldap://127.0.0.1:3389
+#   (cn=admin,dc=example,dc=com, password secret) and a demo PKI, and loads the README's deployment C
+#   (listener 127.0.0.1:2587) through the HTTP API.
 # Everything lives in .demo/ (logs in .demo/logs/). Ctrl-C or SIGTERM stops everything it started.
-# Env: REDIS_PORT (6379), API_PORT (8080), API_TOKEN (demo-token).
+# Env: REDIS_PORT (6379), API_PORT (8080), API_TOKEN (demo-token), LDAP_PORT (3389), LDAP_ADMIN_PASSWORD (secret).
 set -uo pipefail
 set -m # every background service gets its own process group, stopped as a whole
 
@@ -17,6 +18,8 @@ API_TOKEN=${API_TOKEN:-demo-token}
 SMTP_PORT=2587
 SINK_PORT=2526
 METRICS_PORT=${METRICS_PORT:-9465}
+LDAP_PORT=${LDAP_PORT:-3389}
+LDAP_ADMIN_PASSWORD=${LDAP_ADMIN_PASSWORD:-secret}
 API_URL="http://127.0.0.1:$API_PORT"
 
 say() { printf 'demo: %s\n' "$*"; }
@@ -89,7 +92,8 @@ wait_port() {
 bash scripts/ensure-deps.sh || die "ensure-deps failed"
 
 for p in "$REDIS_PORT:Redis (set REDIS_PORT to use another port)" "$API_PORT:the API (set API_PORT)" \
-  "$SMTP_PORT:the demo SMTP listener" "$SINK_PORT:the demo sink" "$METRICS_PORT:the worker metrics (set METRICS_PORT)"; do
+  "$SMTP_PORT:the demo SMTP listener" "$SINK_PORT:the demo sink" "$METRICS_PORT:the worker metrics (set METRICS_PORT)" \
+  "$LDAP_PORT:the demo LDAP directory (set LDAP_PORT)"; do
   port=${p%%:*}
   if port_busy "$port"; then die "port $port, needed for ${p#*:}, is taken: is a demo (or a system service) already running?"; fi
 done
@@ -117,7 +121,7 @@ wait_port worker "$METRICS_PORT" 60
 
 say "making the demo PKI, starting slapd, loading the demo configuration"
 start setup env API_URL="$API_URL" API_TOKEN="$API_TOKEN" DEMO_DIR="$DEMO_DIR" SMTP_PORT="$SMTP_PORT" SINK_PORT="$SINK_PORT" \
-  node --import tsx scripts/demo-setup.ts
+  LDAP_PORT="$LDAP_PORT" LDAP_ADMIN_PASSWORD="$LDAP_ADMIN_PASSWORD" node --import tsx scripts/demo-setup.ts
 setup_pid=${pids[-1]}
 deadline=$((SECONDS + 120))
 until [ -f "$DEMO_DIR/ready.json" ]; do
@@ -140,7 +144,8 @@ certgate demo is running.  Ctrl-C stops everything.
   SMTP         127.0.0.1:$SMTP_PORT (STARTTLS; certificate, or SMTP AUTH after STARTTLS)
   next hop     127.0.0.1:$SINK_PORT (sink; messages are logged in .demo/logs/sink.log)
   Redis        $REDIS_URL
-  LDAP         $LDAP_URL  (base dc=example,dc=com; users jdoe, asmith, bexempt, cemergency; password demo-pass)
+  LDAP         $LDAP_URL  (base dc=example,dc=com; admin cn=admin,dc=example,dc=com password $LDAP_ADMIN_PASSWORD)
+               users jdoe (card holder), asmith, bexempt, cemergency; their password: demo-pass
   PKI          .demo/pki/  (ca.pem, server.pem, client.pem + client.key, client.p12 password "demo")
   logs         .demo/logs/{redis,sink,api,worker,setup}.log
 
@@ -151,8 +156,9 @@ Try:
   swaks --server 127.0.0.1:$SMTP_PORT --tls --auth PLAIN --auth-user asmith --auth-password demo-pass --from alice.smith@example.com --to someone@example.org
   # card holder trying a password: 525
   swaks --server 127.0.0.1:$SMTP_PORT --tls --auth PLAIN --auth-user jdoe --auth-password demo-pass --from john.doe@example.com --to someone@example.org
-  # what happened
-  curl -s -H "Authorization: Bearer $API_TOKEN" "$API_URL/v1/events?limit=10"
+  # what happened, how things are
+  CERTGATE_URL=$API_URL CERTGATE_TOKEN=$API_TOKEN npx certgate events --limit 10
+  CERTGATE_URL=$API_URL CERTGATE_TOKEN=$API_TOKEN npx certgate doctor submission --ca .demo/pki/ca.pem
 
 EOF
 

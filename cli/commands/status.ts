@@ -15,12 +15,12 @@ interface Line {
   message: string;
 }
 
-const COUNTED: Array<[keyof Schemas['Config'], string]> = [
-  ['ldapProfiles', 'LDAP profile(s)'],
-  ['smtpAuthProfiles', 'SMTP auth profile(s)'],
-  ['mailFlowPolicies', 'mail flow policy(ies)'],
-  ['listeners', 'listener(s)'],
-  ['crlSources', 'CRL source(s)'],
+const COUNTED: Array<[keyof Schemas['Config'], string, string]> = [
+  ['ldapProfiles', 'LDAP profile', 'LDAP profiles'],
+  ['smtpAuthProfiles', 'SMTP auth profile', 'SMTP auth profiles'],
+  ['mailFlowPolicies', 'mail flow policy', 'mail flow policies'],
+  ['listeners', 'listener', 'listeners'],
+  ['crlSources', 'CRL source', 'CRL sources'],
 ];
 
 export async function statusCommand(conn: Connection, out: Output): Promise<number> {
@@ -32,7 +32,10 @@ export async function statusCommand(conn: Connection, out: Output): Promise<numb
     return print(out, null, lines);
   }
   const { data: config } = await call(conn, 'GET /v1/config', conn.client.GET('/v1/config'));
-  const counts = COUNTED.map(([k, label]) => `${(config[k] as unknown[]).length} ${label}`).join(', ');
+  const counts = COUNTED.map(([k, one, many]) => {
+    const n = (config[k] as unknown[]).length;
+    return `${n} ${n === 1 ? one : many}`;
+  }).join(', ');
   const enabled = config.listeners.filter((l) => l.enabled);
   lines.push({ verdict: enabled.length > 0 ? 'ok' : 'warn', subject: 'config', message: `version ${config.version}: ${counts}${enabled.length === 0 ? '; no listener is enabled' : ''}` });
 

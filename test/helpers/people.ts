@@ -1,6 +1,6 @@
 /**
  * LDIF builders for test users: inetOrgPerson entries, with the auxiliary
- * cacPerson class (test/fixtures/cac.schema) when a card attribute is given.
+ * cacPerson class (deploy/ldap/cac.schema) when a card attribute is given.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { generalizedTime } from '../../shared/directory/filter.ts';

@@ -18,6 +18,8 @@ import { run } from './run.ts';
 import { makeServerCertificate, type ServerCertificate } from './server-cert.ts';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures', import.meta.url));
+/** The smart-card schema certgate's queries use, as shipped for real directories. */
+const CAC_SCHEMA = fileURLToPath(new URL('../../deploy/ldap/cac.schema', import.meta.url));
 const SLAPD = '/usr/sbin/slapd';
 const SLAPADD = '/usr/sbin/slapadd';
 const SCHEMA_DIR = '/etc/ldap/schema';
@@ -47,11 +49,15 @@ export interface StartSlapdOptions {
    * 127.0.0.1 signed by a fresh CA (returned as `caPem`). Needs openssl.
    */
   tls?: boolean;
+  /** Listen on this loopback port (the demo's documented one) instead of a free one; no retry. */
+  port?: number;
+  /** The rootdn's password (default admin-secret). */
+  rootPassword?: string;
 }
 
 const BASE_DN = 'dc=example,dc=com';
 const ROOT_DN = 'cn=admin,dc=example,dc=com';
-const ROOT_PASSWORD = 'admin-secret';
+const DEFAULT_ROOT_PASSWORD = 'admin-secret';
 
 export async function startSlapd(opts: StartSlapdOptions = {}): Promise<Slapd> {
   await assertInstalled();
@@ -61,18 +67,19 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<Slapd> {
     // The port is found by binding port 0 and releasing it; another process
     // could grab it in between, so a failed start is retried on a new port.
     let lastError: unknown;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const port = await freePort();
+    const rootPassword = opts.rootPassword ?? DEFAULT_ROOT_PASSWORD;
+    for (let attempt = 0; attempt < (opts.port ? 1 : 3); attempt++) {
+      const port = opts.port ?? (await freePort());
       const tlsPort = tls ? await freePort() : null;
       const dataDir = path.join(dir, `data-${attempt}`);
       await mkdir(dataDir);
       const conf = path.join(dir, 'slapd.conf');
-      await writeFile(conf, slapdConf(dir, dataDir, tls));
+      await writeFile(conf, slapdConf(dir, dataDir, tls, rootPassword));
       await slapadd(dir, conf, opts.ldif ?? '');
       const urls = [`ldap://127.0.0.1:${port}/`, ...(tlsPort ? [`ldaps://127.0.0.1:${tlsPort}/`] : [])];
       try {
         const child = await launch(conf, urls, `ldap://127.0.0.1:${port}`);
-        return makeHandle(dir, port, child, tlsPort, tls?.caPem);
+        return makeHandle(dir, port, child, tlsPort, tls?.caPem, rootPassword);
       } catch (err) {
         lastError = err;
       }
@@ -106,11 +113,11 @@ function freePort(): Promise<number> {
   });
 }
 
-function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null): string {
+function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null, rootPassword: string): string {
   const schemas = ['core', 'cosine', 'inetorgperson', 'nis'].map((s) => `include ${SCHEMA_DIR}/${s}.schema`);
   return [
     ...schemas,
-    `include ${path.join(FIXTURES, 'cac.schema')}`,
+    `include ${CAC_SCHEMA}`,
     `pidfile ${path.join(dir, 'slapd.pid')}`,
     `argsfile ${path.join(dir, 'slapd.args')}`,
     'modulepath /usr/lib/ldap',
@@ -124,7 +131,7 @@ function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null):
     'maxsize 67108864',
     `suffix "${BASE_DN}"`,
     `rootdn "${ROOT_DN}"`,
-    `rootpw ${ROOT_PASSWORD}`,
+    `rootpw ${rootPassword}`,
     `directory ${dataDir}`,
     // Users may bind (and change their own password); nobody but the rootdn
     // (which bypasses ACLs) reads userPassword; anonymous may search the rest.
@@ -182,13 +189,13 @@ async function answers(url: string): Promise<boolean> {
   }
 }
 
-function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: number | null, caPem: string | undefined): Slapd {
+function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: number | null, caPem: string | undefined, rootPassword: string): Slapd {
   const url = `ldap://127.0.0.1:${port}`;
   let ldifSeq = 0;
   const ldapTool = async (tool: 'ldapadd' | 'ldapmodify', ldif: string): Promise<void> => {
     const file = path.join(dir, `change-${++ldifSeq}.ldif`);
     await writeFile(file, ldif.trim() + '\n');
-    await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', ROOT_PASSWORD, '-f', file], { timeoutMs: 30_000 });
+    await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', rootPassword, '-f', file], { timeoutMs: 30_000 });
   };
   let stopped: Promise<void> | null = null;
   return {
@@ -196,7 +203,7 @@ function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: num
     port,
     baseDn: BASE_DN,
     rootDn: ROOT_DN,
-    rootPassword: ROOT_PASSWORD,
+    rootPassword,
     dir,
     ...(tlsPort ? { ldapsUrl: `ldaps://127.0.0.1:${tlsPort}`, caPem } : {}),
     add: (ldif) => ldapTool('ldapadd', ldif),
