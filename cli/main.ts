@@ -8,7 +8,7 @@ import { connect, DEFAULT_URL, type Connection } from './api.ts';
 import { configApply, configDiff, configExport } from './commands/config.ts';
 import { crlRefreshCommand, crlStatusCommand } from './commands/crl.ts';
 import { doctorCommand } from './commands/doctor.ts';
-import { eventsCommand, parseOutcome } from './commands/events.ts';
+import { eventsCommand, parseOutcome, type EventsOptions } from './commands/events.ts';
 import { ldapTestCommand } from './commands/ldap.ts';
 import { statusCommand } from './commands/status.ts';
 import { workersCommand } from './commands/workers.ts';
@@ -78,14 +78,17 @@ export function buildProgram(run: (action: Action, command: Command) => Promise<
     .command('apply')
     .description('make the configuration what FILE says: a dry run showing the diff unless --yes')
     .argument('<file>', 'configuration file (YAML or JSON, the whole configuration)')
-    .option('-y, --yes', 'apply (with If-Match: only if nobody changed the configuration since the diff)', false)
+    .option('-y, --yes', 'apply (with If-Match: only if nobody changed the configuration since the diff)')
     .option('--wait <seconds>', 'how long to wait for every worker to run the new version', positiveNumber, 10)
     .addHelpText('after', `
 Secrets are given by reference, never written in the file:
-  password: { $env: LDAP_BIND_PASSWORD }        an environment variable (unset is an error)
+  password: { $env: LDAP_BIND_PASSWORD }          an environment variable (unset is an error)
   privateKeyPem: { $file: /run/secrets/smtp.key } a file (relative to FILE's folder)
 Any string may be a reference. A secret left out keeps the stored one; null clears it.`)
-    .action(action((conn, out, cmd) => configApply(conn, out, cmd.args[0] as string, cmd.opts<{ yes: boolean; wait: number }>())));
+    .action(action((conn, out, cmd) => {
+      const o = cmd.opts<{ yes?: boolean; wait: number }>();
+      return configApply(conn, out, cmd.args[0] as string, { yes: Boolean(o.yes), wait: o.wait });
+    }));
 
   const ldap = program.command('ldap').description('the LDAP directories of the LDAP profiles');
   ldap
@@ -94,8 +97,11 @@ Any string may be a reference. A secret left out keeps the stored one; null clea
     .argument('<profile>', 'LDAP profile name')
     .option('--cert <file>', 'a client certificate (PEM): which user does it map to?')
     .option('--user <name>', 'an SMTP AUTH user name: is the password right, does the allow query admit the user?')
-    .option('--password-stdin', 'read the password from standard input (else asked for on a terminal)', false)
-    .action(action((conn, out, cmd) => ldapTestCommand(conn, out, cmd.args[0] as string, cmd.opts<{ cert?: string; user?: string; passwordStdin: boolean }>())));
+    .option('--password-stdin', 'read the password from standard input (else asked for on a terminal)')
+    .action(action((conn, out, cmd) => {
+      const o = cmd.opts<{ cert?: string; user?: string; passwordStdin?: boolean }>();
+      return ldapTestCommand(conn, out, cmd.args[0] as string, { ...o, passwordStdin: Boolean(o.passwordStdin) });
+    }));
 
   const crl = program.command('crl').description('certificate revocation lists');
   crl
@@ -117,8 +123,11 @@ Any string may be a reference. A secret left out keeps the stored one; null clea
     .option('--listener <name>', 'only this listener')
     .option('--since <time>', 'ISO 8601 time, or a duration back from now: 15m, 2h, 1d')
     .option('--limit <n>', 'at most this many (1-1000)', (v) => Math.min(1000, Math.floor(positiveNumber(v))), 50)
-    .option('-f, --follow', 'keep printing new events (one JSON object a line with --json) until Ctrl-C', false)
-    .action(action((conn, out, cmd) => eventsCommand(conn, out, cmd.opts())));
+    .option('-f, --follow', 'keep printing new events (one JSON object a line with --json) until Ctrl-C')
+    .action(action((conn, out, cmd) => {
+      const o = cmd.opts<Omit<EventsOptions, 'follow'> & { follow?: boolean }>();
+      return eventsCommand(conn, out, { ...o, follow: Boolean(o.follow) });
+    }));
 
   program
     .command('doctor')
