@@ -162,6 +162,7 @@ const X = {
   tooManyRecipients: { code: 452, status: '4.5.3' },
   tooBig: { code: 552, status: '5.3.4' },
   startTlsNotAvailable: { code: 502, status: '5.5.1' },
+  cannotDecode: { code: 501, status: '5.5.2' },
 } satisfies Record<string, Expected>;
 
 function fromReply(r: SmtpReply): Expected {
@@ -599,6 +600,8 @@ function expectedAuthCommand(c: ReturnType<typeof sessionStates>[number], mechan
     // RFC 4954 §4: without an initial response the server sends an empty 334 challenge
     if (irName === 'undefined') return { action: 'challenge' };
     const matching = ['=', 'b64(user id)', 'b64(user id, no padding)'].includes(irName);
+    // RFC 4954 §4: a response that cannot be base64-decoded → 501 5.5.2
+    if (irName.startsWith('garbage')) return r(X.cannotDecode);
     return r(matching ? X.authSucceeded : X.authFailed);
   }
   if (user) return r(X.badSequence); // already authenticated (RFC 4954: 503)
@@ -942,12 +945,17 @@ describe('accepted domains as an administrator writes them (trailing dot, IDN)',
 
 describe('AUTH EXTERNAL without initial response: the answer to the 334 challenge', () => {
   const s = state({ secure: true, user: { id: USER_ID, method: 'certificate' } });
-  const cases: Array<[string, number]> = [['', 235], ['=', 235], [b64(USER_ID), 235], [b64(OTHER_ID), 535], ['*', 501]];
+  const cases: Array<[string, number]> = [
+    ['', 235], ['=', 235], [b64(USER_ID), 235], [` ${b64(USER_ID)} `, 235], [b64(USER_ID).replace(/=+$/, ''), 235], [b64(OTHER_ID), 535], ['*', 501],
+    // msmtp with GNU SASL and no `user`: no answer to the 334, its next command instead
+    ['MAIL FROM:<jdoe@example.com>', 501], ['EHLO client.example', 501], ['a', 501], ['ab=c', 501], ['abcde===', 501],
+  ];
   for (const [line, code] of cases) {
     test(`answer ${JSON.stringify(line)} → ${code}`, () => {
       const d = externalContinuation(s, line);
       assert.equal(d.action, 'reply', JSON.stringify(d));
       if (d.action === 'reply') assert.equal(d.reply.code, code, JSON.stringify(d));
+      if (d.action === 'reply' && code === 501 && line !== '*') assert.equal(d.reply.text, REPLIES.cannotDecode.text);
     });
   }
 });

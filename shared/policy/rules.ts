@@ -26,6 +26,8 @@ export const REPLIES = {
   messageTooBig: reply(552, '5.3.4 Message size exceeds fixed maximum message size'),
   startTlsNotAvailable: reply(502, '5.5.1 Error: STARTTLS not available'),
   authAborted: reply(501, '5.7.0 Authentication aborted'),
+  /** RFC 4954 §4: a response that is not base64 is rejected with 501 5.5.2. */
+  cannotDecode: reply(501, '5.5.2 Cannot decode the AUTH EXTERNAL response: send your user name in base64, or = for none'),
 } as const;
 
 // ---------------------------------------------------------------- the facts a session carries
@@ -215,6 +217,7 @@ export function authCommand(s: SessionState, mechanism: string, initialResponse:
     if (initialResponse === undefined) return { action: 'challenge' };
     if (initialResponse === '*') return answer(REPLIES.authAborted, 'auth-aborted');
     const identity = decodeAuthzid(initialResponse);
+    if (identity === null) return answer(REPLIES.cannotDecode, 'undecodable-response');
     return identity === '' || identity === s.user.id
       ? answer(REPLIES.authSucceeded, 'external-accepted')
       : answer(REPLIES.authFailed, 'external-identity-mismatch');
@@ -230,17 +233,23 @@ export function authCommand(s: SessionState, mechanism: string, initialResponse:
 
 /**
  * The answer to the `334 ` challenge of AUTH EXTERNAL: RFC 4954 §4 takes an empty line as
- * an empty response (as `=` is in an initial response) and `*` as cancelling.
+ * an empty response and `*` as cancelling; `=` (the empty initial response) is read as empty
+ * here too, as clients that always send it mean. A line that is not base64 gets 501 5.5.2.
+ * msmtp built with GNU SASL (Debian's) sends no answer at all when `auth external` has no
+ * `user`, and goes on with `MAIL FROM:<...>`: that line is no response in any reading of
+ * RFC 4954 / RFC 4422, so it gets the 501, whose text says what to send.
  */
 export function externalContinuation(s: SessionState, line: string): AuthCommandDecision {
   return authCommand(s, 'EXTERNAL', line.trim() === '' ? '=' : line.trim());
 }
 
-/** RFC 4422 / RFC 4954: `=` means an empty response; otherwise base64. Undecodable → a value that matches no one. */
+/** RFC 4422 / RFC 4954: `=` means an empty response; otherwise base64 (padding optional). null: not base64. */
 function decodeAuthzid(initialResponse: string): string | null {
   if (initialResponse === '=') return '';
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(initialResponse)) return null;
-  return Buffer.from(initialResponse, 'base64').toString('utf8');
+  const unpadded = initialResponse.replace(/=+$/, '');
+  if (unpadded.length % 4 === 1 || (initialResponse.length !== unpadded.length && initialResponse.length % 4 !== 0)) return null;
+  return Buffer.from(unpadded, 'base64').toString('utf8');
 }
 
 /** What the directory answered for AUTH PLAIN/LOGIN credentials. */
