@@ -103,7 +103,7 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
   const metrics = createApiMetrics();
   if (opts.https) {
     const ocsp = opts.ocsp ?? new OcspChecker({ redis: opts.redis, logger: app.log, observer: metrics.ocsp });
-    app.addHook('onRequest', revocationHook({ crls: opts.crls ?? null, ocsp }, async () => await cache.get()));
+    app.addHook('onRequest', revocationHook({ crls: opts.crls ?? null, ocsp }, async () => await cache.get(), opts.https));
   }
 
   // First: the OpenAPI document lists the routes registered after it.

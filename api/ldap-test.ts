@@ -2,7 +2,8 @@
 // auth query now, exactly as a worker would, and says what the directory answered.
 import { Directory } from '../shared/directory/client.ts';
 import type { LdapProfile } from '../shared/config/schemas.ts';
-import { certificateFacts, parsePemCertificates } from '../shared/pki/certificate.ts';
+import { certificateFacts } from '../shared/pki/certificate.ts';
+import { parsePemCertificates } from '../shared/pki/pem.ts';
 import { certificateTokenValues, type CertificateTokenValues } from '../shared/directory/tokens.ts';
 import { badRequest } from './errors.ts';
 

@@ -9,12 +9,13 @@
  * own `crl` option would need a context rebuild per CRL and scales badly,
  * see FIELD-NOTES).
  */
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { checkRevocation, type RevocationRefusal, type RevocationSettings, type RevocationSources } from '../shared/pki/revocation.ts';
-import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/certificate.ts';
+import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/pem.ts';
+import { verifiedChain } from '../shared/pki/verify.ts';
 
 export interface ApiHttpsOptions {
   key: string;
@@ -63,28 +64,14 @@ function check(name: string, parse: () => unknown): void {
   }
 }
 
-/** Longest chain followed; real ones have 2-4 certificates. */
-const MAX_CHAIN = 10;
+/** The client's verified chain, leaf first (cached per connection: it cannot change on it). */
 const chains = new WeakMap<TLSSocket, X509Certificate[]>();
 
-/**
- * The peer's chain, leaf first, as the TLS layer verified it (ending with the
- * API_CLIENT_CA anchor when it found one). `getPeerCertificate(true)` must come
- * first: calling `getPeerX509Certificate()` before it leaves the
- * `issuerCertificate` links empty on Node 20. Cached per connection (the
- * peer's certificate cannot change on it).
- */
-export function peerChain(socket: TLSSocket): X509Certificate[] {
+function peerChain(socket: TLSSocket, anchors: readonly X509Certificate[]): X509Certificate[] {
   const cached = chains.get(socket);
   if (cached) return cached;
-  const chain: X509Certificate[] = [];
-  const seen = new Set<string>();
-  let c: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
-  while (c && c.raw && chain.length < MAX_CHAIN && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256);
-    chain.push(new X509Certificate(c.raw));
-    c = c.issuerCertificate; // a self-signed root links to itself: `seen` stops there
-  }
+  const leaf = socket.getPeerX509Certificate();
+  const chain = leaf ? verifiedChain(leaf, anchors) : [];
   chains.set(socket, chain);
   return chain;
 }
@@ -108,13 +95,14 @@ const REFUSALS: Record<RevocationRefusal, string> = {
  * warning. Plain-HTTP requests are not affected: there is no client
  * certificate to check.
  */
-export function revocationHook(sources: RevocationSources, getSettings: () => Promise<RevocationSettings> | RevocationSettings) {
+export function revocationHook(sources: RevocationSources, getSettings: () => Promise<RevocationSettings> | RevocationSettings, https: Pick<ApiHttpsOptions, 'ca'>) {
+  const anchors = parsePemCertificates(https.ca);
   return async function checkClientCertificate(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const socket = request.raw.socket as TLSSocket;
     if (!socket.encrypted) return undefined;
     const settings = await getSettings();
     if (!settings.crlSettings.webInterface && !settings.ocspSettings.webInterface) return undefined;
-    const chain = peerChain(socket);
+    const chain = peerChain(socket, anchors);
     // Unreachable with rejectUnauthorized, but a check that cannot run must not pass.
     if (chain.length === 0) return forbidden(reply, 'client certificate required');
     const decision = await checkRevocation(sources, chain, 'webInterface', settings);

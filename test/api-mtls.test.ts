@@ -17,7 +17,8 @@ import { CrlStore } from '../shared/pki/crl/store.ts';
 import { DEFAULT_CRL_SETTINGS, DEFAULT_OCSP_SETTINGS, type CrlSettings, type CrlSource, type OcspSettings } from '../shared/config/schemas.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
 import { startOcspResponder, type OcspResponder } from './helpers/ocsp-responder.ts';
-import { eventually, startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';
+import { startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';
+import { eventually } from './helpers/wait.ts';
 import { createPki, type Issued, type Pki } from './helpers/pki.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
 import { freePort } from './helpers/ports.ts';
@@ -90,7 +91,7 @@ before(async () => {
   app = Fastify({ https: httpsOptions });
   responder = await startOcspResponder({ ca: pki.intermediate, entries: [{ serial: alice.serial }, { serial: bob.serial }, { serial: carol.serial, revoked: { reason: 'affiliationChanged' } }] });
   const ocsp = new OcspChecker({ redis: null, logger: testLogger() });
-  app.addHook('onRequest', revocationHook({ crls: store, ocsp }, () => ({ crlSettings: settings, ocspSettings })));
+  app.addHook('onRequest', revocationHook({ crls: store, ocsp }, () => ({ crlSettings: settings, ocspSettings }), httpsOptions));
   app.get('/v1/ping', async () => ({ ok: true }));
   await app.listen({ host: '127.0.0.1', port: 0 });
   port = (app.server.address() as AddressInfo).port;

@@ -11,7 +11,8 @@ import { updateConfig } from '../shared/config/store.ts';
 import { readCrlStatus } from '../shared/pki/crl/stored.ts';
 import { CRL_QUEUE, keys } from '../shared/redis/keys.ts';
 import type { CrlSource } from '../shared/config/schemas.ts';
-import { eventually, startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';
+import { startCrlServer, testLogger, type CrlServer } from './helpers/crl-server.ts';
+import { eventually } from './helpers/wait.ts';
 import { createPki, type Pki } from './helpers/pki.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
 
@@ -60,7 +61,7 @@ describe('CRL scheduler', () => {
   test('an enabled source gets a job scheduler and is downloaded at once', async () => {
     web.serve('/a.crl', await pki.crl('intermediate', []));
     await configure(source('a'));
-    const s = await eventually(() => schedulerOf('a'), 3000, 'the job scheduler');
+    const s = await eventually(() => schedulerOf('a'), 20_000, 'the job scheduler');
     assert.equal(s.every, 3_600_000);
     assert.equal(s.pattern, undefined);
     assert.equal(s.name, 'download');
@@ -72,10 +73,10 @@ describe('CRL scheduler', () => {
   });
 
   test("the scheduler's own job runs the download", async () => {
-    const job = await eventually(async () => (await queue.getDelayed()).find((j) => j.repeatJobKey === 'crl:a'), 3000, 'the delayed job');
+    const job = await eventually(async () => (await queue.getDelayed()).find((j) => j.repeatJobKey === 'crl:a'), 20_000, 'the delayed job');
     const before = (await readCrlStatus(redis, 'a')).lastAttemptAt;
     await job.promote();
-    await eventually(async () => (await readCrlStatus(redis, 'a')).lastAttemptAt !== before, 5000, 'the promoted job to run');
+    await eventually(async () => (await readCrlStatus(redis, 'a')).lastAttemptAt !== before, 20_000, 'the promoted job to run');
     assert.equal(web.hits('/a.crl'), 2);
     assert.equal((await readCrlStatus(redis, 'a')).lastError, null);
   });
@@ -93,7 +94,7 @@ describe('CRL scheduler', () => {
   test('cron sources use pattern (UTC), and are downloaded at once too', async () => {
     web.serve('/c.crl', await pki.crl('intermediate', []));
     await configure(source('c', { schedule: { cron: '0 */6 * * *' } }));
-    const s = await eventually(() => schedulerOf('c'), 3000, 'the cron job scheduler');
+    const s = await eventually(() => schedulerOf('c'), 20_000, 'the cron job scheduler');
     assert.equal(s.pattern, '0 */6 * * *');
     assert.equal(s.every, undefined);
     assert.equal(s.tz, 'UTC');
@@ -102,14 +103,14 @@ describe('CRL scheduler', () => {
 
   test('a schedule change updates the job scheduler', async () => {
     await configure(source('c', { schedule: { everySeconds: 7200 } }));
-    await eventually(async () => (await schedulerOf('c'))?.every === 7_200_000, 3000, 'the new interval');
+    await eventually(async () => (await schedulerOf('c'))?.every === 7_200_000, 20_000, 'the new interval');
     assert.equal((await schedulerOf('c'))?.pattern, undefined);
   });
 
   test("changing a source's URL downloads it at once", async () => {
     web.serve('/a-moved.crl', await pki.crl('intermediate', []));
     await configure(source('a', { primaryUrl: web.url('/a-moved.crl') }));
-    await eventually(async () => (await readCrlStatus(redis, 'a')).url === web.url('/a-moved.crl'), 5000, 'the download from the new URL');
+    await eventually(async () => (await readCrlStatus(redis, 'a')).url === web.url('/a-moved.crl'), 20_000, 'the download from the new URL');
     assert.equal(web.hits('/a-moved.crl'), 1);
   });
 
@@ -152,18 +153,18 @@ describe('CRL scheduler', () => {
   test('disabling removes the job scheduler and keeps the CRL; enabling brings both back', async () => {
     const a = source('a', { primaryUrl: web.url('/a-moved.crl') });
     await configure({ ...a, enabled: false });
-    await eventually(async () => (await schedulerOf('a')) === undefined, 3000, 'the scheduler to go');
+    await eventually(async () => (await schedulerOf('a')) === undefined, 20_000, 'the scheduler to go');
     assert.equal(await redis.exists(keys.crlData('a')), 1);
     const hits = web.hits('/a-moved.crl');
     await configure(a);
-    await eventually(() => schedulerOf('a'), 3000, 'the scheduler to come back');
-    await eventually(() => web.hits('/a-moved.crl') === hits + 1, 5000, 'a download on re-enabling');
+    await eventually(() => schedulerOf('a'), 20_000, 'the scheduler to come back');
+    await eventually(() => web.hits('/a-moved.crl') === hits + 1, 20_000, 'a download on re-enabling');
   });
 
   test('deleting a source removes its job scheduler, its CRL and its status', async () => {
     await updateConfig(admin, (c) => ({ ...c, crlSources: c.crlSources.filter((s) => s.name !== 'c') }));
-    await eventually(async () => (await schedulerOf('c')) === undefined, 3000, 'the scheduler to go');
-    await eventually(async () => (await redis.exists(keys.crlData('c'), keys.crlStatus('c'))) === 0, 3000, 'the data to go');
+    await eventually(async () => (await schedulerOf('c')) === undefined, 20_000, 'the scheduler to go');
+    await eventually(async () => (await redis.exists(keys.crlData('c'), keys.crlStatus('c'))) === 0, 20_000, 'the data to go');
     assert.ok(await schedulerOf('a'), 'the other source keeps its scheduler');
   });
 

@@ -16,7 +16,8 @@ import {
   verifyCrlSignature,
   type ParsedCrl,
 } from '../shared/pki/crl/parse.ts';
-import { certificateFacts, children, readTlv } from '../shared/pki/certificate.ts';
+import { certificateFacts } from '../shared/pki/certificate.ts';
+import { children, readTlv } from '../shared/pki/der.ts';
 import { createPki, type CaHandle, type Pki } from './helpers/pki.ts';
 
 const execFileAsync = promisify(execFile);

@@ -105,8 +105,8 @@ describe('deployment A: certificate only', () => {
       const since = new Date(Date.now() - 500).toISOString();
       const r = await viaSwaks(name === 'none' ? null : certs[name]!);
       assertRefused(r, name);
-      const { items } = await sys.api.ok<{ items: Array<{ reason: string; outcome: string }> }>('GET', `/v1/events?outcome=rejected&since=${encodeURIComponent(since)}`);
-      assert.ok(items.some((e) => e.reason === reason), `${name}: reasons ${items.map((e) => e.reason).join(', ')}`);
+      const items = await sys.events<{ reason: string }>(`outcome=rejected&since=${encodeURIComponent(since)}`, (es) => es.some((e) => e.reason === reason));
+      assert.ok(items.some((e) => e.reason === reason), name);
     });
   }
 

@@ -1,4 +1,4 @@
-// Unit tests of shared/policy.ts, the pure SMTP session rules of SPEC §3 (with §2.3–§2.5).
+// Unit tests of shared/policy/rules.ts (and the sender groups of shared/policy/sender-groups.ts), the pure SMTP session rules of SPEC §3 (with §2.3–§2.5).
 //
 // Every rule is tested by generating the combinations of its inputs in loops and comparing
 // the answer with an oracle written from the SPEC text (the `expected*` functions below),
@@ -19,7 +19,6 @@ import {
   rcptToReply,
   receivedProtocol,
   requestsClientCertificate,
-  selectPolicyName,
   sizeExceeded,
   smtpAuthProfile,
   startTlsCommandReply,
@@ -35,6 +34,12 @@ import {
   type SessionUser,
 } from '../shared/policy/rules.ts';
 import { DEFAULT_POLICY_LIMITS, type CertificateAuthProfile, type LdapAuthProfile, type Listener, type MailFlowPolicy, type SmtpReply } from '../shared/config/schemas.ts';
+import { compileSenderGroups, selectPolicyName as selectCompiled } from '../shared/policy/sender-groups.ts';
+
+/** §2.5 through the compiled sender groups, as a listener runtime uses them. */
+function selectPolicyName(listener: Pick<Listener, 'senderGroups' | 'defaultPolicy'>, address: string): string {
+  return selectCompiled(compileSenderGroups(listener.senderGroups), listener.defaultPolicy, address);
+}
 
 // ================================================================ fixtures
 
@@ -914,7 +919,7 @@ describe('§4 deployments walked through the rules', () => {
   });
 });
 
-// ================================================================ where shared/policy.ts and the SPEC disagree
+// ================================================================ where shared/policy/rules.ts and the SPEC disagree
 
 describe('accepted domains as an administrator writes them (trailing dot, IDN)', () => {
   // SPEC §3 rule 7: `accept` takes "only acceptedDomains"; §2.5's schema lets an administrator

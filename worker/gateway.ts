@@ -15,7 +15,8 @@ import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
 import { checkRevocation, type RevocationSettings } from '../shared/pki/revocation.ts';
-import type { ListenerRuntime, RevocationCheck, SessionDeps } from './smtp/session.ts';
+import type { RevocationCheck, SessionDeps } from './smtp/session.ts';
+import type { ListenerRuntime } from './smtp/runtime.ts';
 import type { GatewayServer } from './smtp/adapter.ts';
 import type { X509Certificate } from 'node:crypto';
 
@@ -102,6 +103,15 @@ export class Gateway {
         return result;
       },
       observe: {
+        sessionOpened: (listener) => {
+          this.sessions++;
+          o.metrics.sessions.inc({ listener });
+          o.metrics.activeSessions.set(this.sessions);
+        },
+        sessionClosed: () => {
+          this.sessions--;
+          o.metrics.activeSessions.set(this.sessions);
+        },
         auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
         relay: (outcome) => o.metrics.relay.inc({ outcome }),
       },
@@ -171,15 +181,6 @@ export class Gateway {
     const server = createListenerServer(listener, {
       runtime: () => ref.current,
       deps: this.deps,
-      onSessionOpen: (name) => {
-        this.sessions++;
-        this.o.metrics.sessions.inc({ listener: name });
-        this.o.metrics.activeSessions.set(this.sessions);
-      },
-      onSessionClose: () => {
-        this.sessions--;
-        this.o.metrics.activeSessions.set(this.sessions);
-      },
       onError: (err) => this.o.logger.debug({ err: err.message, listener: listener.name }, 'smtp error'),
     });
     const entry: RunningListener = {

@@ -15,7 +15,7 @@ import { Value } from 'typebox/value';
 import { checkFilterTemplate } from '../directory/filter.ts';
 import { CERTIFICATE_TOKENS, QUERY_TOKENS, SMTP_AUTH_TOKENS, type QueryToken } from '../directory/tokens.ts';
 import { parseCidr } from '../policy/sender-groups.ts';
-import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../pki/certificate.ts';
+import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../pki/pem.ts';
 import { isHttpUrl } from '../pki/ocsp/request.ts';
 import {
   Config,

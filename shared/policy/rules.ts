@@ -2,11 +2,11 @@
 // the certificate check and the directory's answer, what does the session reply?
 // No I/O here. The worker's smtp-server adapter gathers the facts, calls these and applies
 // the answer; each rule of §3 lives in exactly one function below, named after it.
-import type { CertificateAuthProfile, LdapAuthProfile, Listener, MailFlowPolicy } from '../config/schemas.ts';
+import type { CertificateAuthProfile, LdapAuthProfile, MailFlowPolicy, SmtpReply } from '../config/schemas.ts';
 import { domainToASCII } from 'node:url';
-import { matchesCidr } from './sender-groups.ts';
 
-export interface Reply { code: number; text: string }
+/** An SMTP reply: the one reply type of the worker (the same shape as a configured notAllowedResponse). */
+export type Reply = SmtpReply;
 
 const reply = (code: number, text: string): Reply => ({ code, text });
 
@@ -28,6 +28,8 @@ export const REPLIES = {
   authAborted: reply(501, '5.7.0 Authentication aborted'),
   /** RFC 4954 §4: a response that is not base64 is rejected with 501 5.5.2. */
   cannotDecode: reply(501, '5.5.2 Cannot decode the AUTH EXTERNAL response: send your user name in base64, or = for none'),
+  /** A hook failed inside certgate: the client should retry (no message is lost: it was not accepted). */
+  internalError: reply(451, '4.3.0 Internal error, try again later'),
 } as const;
 
 // ---------------------------------------------------------------- the facts a session carries
@@ -50,7 +52,7 @@ export type DirectoryMatch =
 export type CertificateCheck =
   | { kind: 'not-requested' }
   | { kind: 'absent' }
-  /** reason: expired, not-yet-valid, untrusted-issuer, bad-key-usage, bad-signature, revoked, crl-expired, revocation-unavailable, ... */
+  /** reason: a VerifyFailure of shared/pki/verify.ts, or revoked, crl-expired, revocation-unavailable */
   | { kind: 'invalid'; reason: string }
   /** directory: null when the listener's profile runs no certificate query. */
   | { kind: 'valid'; directory: DirectoryMatch | null };
@@ -65,16 +67,6 @@ export interface SessionState {
   /** TLS is active (after STARTTLS, or an implicit-TLS listener). */
   secure: boolean;
   user: SessionUser | null;
-}
-
-// ---------------------------------------------------------------- choosing the policy (§2.5)
-
-/** Sender groups in order by client address; the first match gives the policy, else the default. */
-export function selectPolicyName(listener: Pick<Listener, 'senderGroups' | 'defaultPolicy'>, clientAddress: string): string {
-  for (const group of listener.senderGroups) {
-    if (group.senders.some((cidr) => matchesCidr(clientAddress, cidr))) return group.policy;
-  }
-  return listener.defaultPolicy;
 }
 
 // ---------------------------------------------------------------- rule 1: action reject
@@ -160,6 +152,8 @@ const REFUSAL_TEXT = new Map<string, string>([
   ['untrusted-issuer', 'Client certificate not issued by a trusted CA'],
   ['bad-key-usage', 'Client certificate not valid for client authentication'],
   ['bad-signature', 'Client certificate signature invalid'],
+  ['not-a-ca', 'Client certificate issued by a certificate that may not issue certificates'],
+  ['malformed', 'Client certificate malformed'],
   ['revoked', 'Client certificate revoked'],
   ['crl-expired', 'Revocation data for the client certificate has expired'],
   ['revocation-unavailable', 'Revocation status of the client certificate is unavailable'],

@@ -1,9 +1,9 @@
-// IPv4/IPv6 CIDR parsing and matching for sender groups (SPEC §2.5).
-//
-// Written by hand on bigints rather than with node:net BlockList so that one rule covers
-// both spellings of an IPv4 client: a dual-stack socket reports `::ffff:192.0.2.7`, and
-// `192.0.2.0/24` must match it just as `::ffff:192.0.2.0/120` must match `192.0.2.7`.
-import { isIP } from 'node:net';
+// Sender groups (SPEC §2.5): CIDR lists matched in order by client address, the first match
+// giving the mail flow policy. Matching is node:net's BlockList, built once per configuration
+// version (it treats `::ffff:192.0.2.7` and `192.0.2.7` as one host, as a dual-stack socket
+// needs). parseCidr is the API's check of a CIDR's text: it names typos such as host bits set,
+// which BlockList would silently accept.
+import { BlockList, isIP, isIPv6 } from 'node:net';
 
 export interface Cidr {
   family: 4 | 6;
@@ -86,28 +86,36 @@ function formatAddress(family: 4 | 6, value: bigint): string {
   return `${groups.slice(0, best.start).join(':')}::${groups.slice(best.start + best.length).join(':')}`;
 }
 
-function inNetwork(value: bigint, bits: number, cidr: Cidr): boolean {
-  return value >> BigInt(bits - cidr.prefix) === cidr.network >> BigInt(bits - cidr.prefix);
+export interface CompiledSenderGroup {
+  name: string;
+  policy: string;
+  senders: BlockList;
 }
 
-/**
- * Whether a client address lies inside a CIDR (text or parsed). IPv4 and IPv4-mapped IPv6
- * addresses are the same host for this purpose. An unparsable address or CIDR never matches.
- */
-export function matchesCidr(address: string, cidr: string | Cidr): boolean {
-  const client = parseAddress(address);
-  if (!client) return false;
-  let range: Cidr;
-  try {
-    range = typeof cidr === 'string' ? parseCidr(cidr) : cidr;
-  } catch {
-    return false;
-  }
-  if (client.family === range.family) return inNetwork(client.value, BITS[client.family], range);
-  if (client.family === 6 && range.family === 4) {
-    return client.value >> 32n === MAPPED_PREFIX >> 32n && inNetwork(client.value & 0xffffffffn, 32, range);
-  }
-  return inNetwork(MAPPED_PREFIX | client.value, 128, range);
+/** Sender groups as BlockLists, in order. A CIDR that does not parse (never saved by the API) matches nothing. */
+export function compileSenderGroups(groups: readonly { name: string; senders: readonly string[]; policy: string }[]): CompiledSenderGroup[] {
+  return groups.map((g) => {
+    const senders = new BlockList();
+    for (const text of g.senders) {
+      try {
+        const { family, prefix } = parseCidr(text);
+        const address = text.split('/')[0] ?? text;
+        senders.addSubnet(address, prefix, family === 4 ? 'ipv4' : 'ipv6');
+      } catch {
+        // unusable rule: matches no one (fail closed toward the default policy)
+      }
+    }
+    return { name: g.name, policy: g.policy, senders };
+  });
+}
+
+/** The policy name for a client: the first sender group containing it, else the default. */
+export function selectPolicyName(groups: readonly CompiledSenderGroup[], defaultPolicy: string, clientAddress: string): string {
+  const bare = clientAddress.replace(/%.*$/, '');
+  if (isIP(bare) === 0) return defaultPolicy;
+  const family = isIPv6(bare) ? 'ipv6' : 'ipv4';
+  for (const g of groups) if (g.senders.check(bare, family)) return g.policy;
+  return defaultPolicy;
 }
 
 /** Per-client limits count IPv6 clients by this prefix: one host holds a whole /64 and rotates privacy addresses inside it. */

@@ -99,6 +99,12 @@ export interface System {
   startWorker(): Promise<Worker>;
   /** Resolves once every running worker has applied the current configuration version. */
   settled(timeoutMs?: number): Promise<void>;
+  /**
+   * GET /v1/events?<query> until `until` holds for the items (workers write events in the
+   * background, so right after a session they may not be there yet); then the items.
+   * Throws with the last items seen after `timeoutMs`.
+   */
+  events<E = Record<string, unknown>>(query: string, until: (items: E[]) => boolean, timeoutMs?: number): Promise<E[]>;
   stop(): Promise<void>;
 }
 
@@ -156,6 +162,15 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         const done = [...ids].every((id) => items.some((i) => i.id === id && i.configVersion >= version));
         if (done) return;
         if (Date.now() > deadline) throw new Error(`workers did not reach config version ${version}: ${JSON.stringify(items)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async events<E>(query: string, until: (items: E[]) => boolean, timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const { items } = await api.ok<{ items: E[] }>('GET', `/v1/events?${query}`);
+        if (until(items)) return items;
+        if (Date.now() > deadline) throw new Error(`events?${query} never satisfied the condition; last: ${JSON.stringify(items.slice(0, 5))}`);
         await new Promise((r) => setTimeout(r, 50));
       }
     },

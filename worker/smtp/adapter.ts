@@ -1,54 +1,121 @@
-// The thin layer between smtp-server and certgate's per-session rules. smtp-server decides
-// its EHLO features, certificate requests and AUTH handling from server-wide options; SPEC
-// §3 needs them per session (the policy depends on the client's address) and needs AUTH
-// EXTERNAL, which smtp-server lacks. So its connection class is extended at exactly four
-// points: the command dispatcher (to let the session answer first), EHLO (to list the
-// session's features), send (to observe replies) and the STARTTLS upgrade (to ask for a
-// client certificate only when the session's policy wants one).
+// The one seam between smtp-server and certgate's sessions. smtp-server parses commands, runs
+// the STARTTLS upgrade and the SASL PLAIN/LOGIN exchanges, and streams DATA; certgate decides.
+// Every decision goes through one interface, SessionController (worker/smtp/session.ts), which
+// asks the pure rules of shared/policy/rules.ts.
+//
+// smtp-server decides its EHLO features, certificate requests and AUTH handling from
+// server-wide options; SPEC §3 needs them per session (the policy depends on the client's
+// address) and needs AUTH EXTERNAL, which smtp-server lacks. So this module:
+//   - owns the accept path: socket → session (policy chosen once) → implicit TLS handshake
+//     (certificate requested per session) → SMTP connection;
+//   - lets the session answer a command before smtp-server does (COMMAND_ROUTES);
+//   - lists the session's EHLO features, observes every reply, and asks for a client
+//     certificate at STARTTLS only when the session's policy wants one.
+//
+// It uses members of smtp-server that are not its documented API (they are typed in its .d.ts):
+// the connection's `_onCommand`, `_nextHandler`, `_upgrading`, `_ready`, `_setListeners`,
+// `connectionReady`, `handler_EHLO`, `upgrade`, `send`, and the server's `_acceptSocket`,
+// `_upgrade`, `_onError`, `_onClientConnect` and its `connection` listener. package.json pins
+// smtp-server to the exact version these were read from, and test/smtp-adapter.test.ts fails
+// loudly if one of them changes.
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import {
+  SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse,
+  type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession,
+} from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import type { EhloFeatures, Reply } from '../../shared/policy/rules.ts';
+import { REPLIES, type EhloFeatures, type Reply } from '../../shared/policy/rules.ts';
 
-/** What a session decides; implemented by worker/session.ts. */
+/** The message's envelope as smtp-server collected it, at the end of DATA. */
+export interface Envelope {
+  from: string;
+  to: string[];
+  smtpUtf8: boolean;
+  body8bit: boolean;
+  /** The name the client gave in EHLO/HELO. */
+  helo: string;
+}
+
+/**
+ * Everything certgate decides in one SMTP session, in the order a connection meets it.
+ * The adapter calls `closed()` exactly once for every controller it created.
+ */
 export interface SessionController {
-  /** Whether the TLS handshake (STARTTLS or implicit) asks the client for a certificate. */
+  /** Whether the TLS handshake (implicit, or at STARTTLS) asks the client for a certificate. */
   requestsCertificate(): boolean;
+  /** Before the greeting: a reply refuses the session (rule 1). */
+  connect(): Reply | null;
+  /** After a TLS handshake: a reply refuses the session (rules 3 and 4). */
+  secured(socket: TLSSocket): Promise<Reply | null>;
   ehloFeatures(): EhloFeatures;
-  /**
-   * Runs before smtp-server handles a command (after EHLO, outside SASL exchanges).
-   * A reply answers the command instead of smtp-server; null lets smtp-server go on.
-   */
+  /** Before smtp-server handles a command (see COMMAND_ROUTES): a reply answers it instead. */
   beforeCommand(command: string, args: string[]): Reply | Challenge | null;
-  /** Every reply the session sends, with the command it answers (for events of allow-and-log sessions). */
-  onReply(command: string, reply: Reply): void;
+  /** AUTH PLAIN/LOGIN once smtp-server has the credentials. */
+  authenticate(username: string, password: string, authzid: string): Promise<Reply>;
+  mailFrom(declaredSize: number | null): Reply | null;
+  rcptTo(recipient: string, recipientsSoFar: number): Reply | null;
+  /** The message: relayed before the answer (rule 8). */
+  data(message: Readable, envelope: Envelope): Promise<Reply>;
+  /** Every reply sent, with the command it answers. */
+  replied(command: string, reply: Reply): void;
+  closed(): void;
 }
 
 /** An empty `334 ` challenge; the client's next line goes to `answer` (AUTH EXTERNAL without initial response). */
 export interface Challenge { answer(line: string): Reply }
 
-export type ControllerFactory = (info: { remoteAddress: string; session: SMTPServerSession }) => SessionController;
+/** A connection accepted by a listener, before its session exists. */
+export interface AcceptedConnection {
+  /** Session id, for smtp-server's logs and certgate's events. */
+  id: string;
+  /** The client's address: the peer's. */
+  clientAddress: string;
+}
 
-type NextHandler = (line: Buffer, done: () => void) => void;
+/**
+ * Who decides each command. `session` commands go to `beforeCommand` first (once EHLO/HELO was
+ * seen for MAIL, RCPT, DATA and AUTH: before it smtp-server answers "send HELO/EHLO first"),
+ * then to smtp-server if the session lets them through, whose hooks call the session again.
+ * ARCHITECTURE.md shows the same table with the rule behind each decision.
+ */
+export const COMMAND_ROUTES = {
+  EHLO: 'smtp-server answers; the session lists the features (ehloFeatures)',
+  HELO: 'smtp-server',
+  STARTTLS: 'session: offered or not (beforeCommand); smtp-server upgrades; session: certificate request (requestsCertificate) and verdict (secured)',
+  AUTH: 'session: mechanism and gates (beforeCommand), EXTERNAL wholly; smtp-server runs PLAIN/LOGIN; session: credentials (authenticate)',
+  MAIL: 'session: STARTTLS gate (beforeCommand); smtp-server parses; session: decision (mailFrom)',
+  RCPT: 'session: STARTTLS gate (beforeCommand); smtp-server parses; session: decision (rcptTo)',
+  DATA: 'session: STARTTLS gate (beforeCommand); smtp-server streams; session: relay and verdict (data)',
+  RSET: 'smtp-server',
+  NOOP: 'smtp-server',
+  QUIT: 'smtp-server',
+  HELP: 'smtp-server',
+  VRFY: 'smtp-server (252, never a lookup)',
+  '(other)': 'smtp-server (500 unrecognized)',
+} as const;
 
-const controllers = new WeakMap<SMTPServerSession, SessionController>();
+/** Commands smtp-server refuses before EHLO/HELO, before the session is asked. */
+const NEEDS_GREETING = new Set(['MAIL', 'RCPT', 'DATA', 'AUTH']);
 
-/** The controller of a session, for smtp-server's hooks (onSecure, onAuth, onMailFrom, ...). */
-export function controllerOf(session: SMTPServerSession): SessionController {
-  const c = controllers.get(session);
-  if (!c) throw new Error(`no controller for session ${session.id}`);
-  return c;
+/** An Error smtp-server turns into exactly this reply. */
+function smtpError(r: Reply): Error & { responseCode: number } {
+  return Object.assign(new Error(r.text), { responseCode: r.code });
 }
 
 class GatewayConnection extends SMTPConnection {
-  readonly controller: SessionController;
   private currentCommand = 'CONNECT';
   private inEhlo = false;
 
-  constructor(server: GatewayServer, socket: net.Socket, options: ConstructorParameters<typeof SMTPConnection>[2]) {
+  constructor(
+    server: GatewayServer,
+    socket: net.Socket,
+    options: ConstructorParameters<typeof SMTPConnection>[2],
+    readonly controller: SessionController,
+  ) {
     super(server, socket, options);
-    this.controller = server.createController({ remoteAddress: this.remoteAddress, session: this.session });
-    controllers.set(this.session, this.controller);
   }
 
   /**
@@ -59,39 +126,29 @@ class GatewayConnection extends SMTPConnection {
    * still answered 421 by smtp-server until the greeting is out.
    */
   override init(): void {
-    this._setListeners(() => {
-      const max = this._server.options.maxClients;
-      if (max && this._server.connections.size > max) {
-        this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
-        return;
-      }
-      setImmediate(() => this.connectionReady());
-    });
+    this._setListeners(() => setImmediate(() => this.connectionReady()));
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
     // SASL continuation lines, data sent too early and commands during a TLS upgrade stay
-    // with smtp-server; so does everything before EHLO/HELO ("send HELO/EHLO first").
-    const self = this as unknown as { _nextHandler: NextHandler | false; _upgrading: boolean; _ready: boolean; hostNameAppearsAs: string | false };
-    const line = (command || '').toString();
-    const [name = '', ...args] = line.trim().split(/\s+/);
+    // with smtp-server; so do MAIL/RCPT/DATA/AUTH before EHLO/HELO ("send HELO/EHLO first").
+    const [name = '', ...args] = (command || '').toString().trim().split(/\s+/);
     const upper = name.toUpperCase();
-    if (!self._nextHandler && !self._upgrading && self._ready) {
+    if (!this._nextHandler && !this._upgrading && this._ready) {
       this.currentCommand = upper;
-      if (self.hostNameAppearsAs || !['MAIL', 'RCPT', 'DATA', 'AUTH'].includes(upper)) {
+      if (this.hostNameAppearsAs || !NEEDS_GREETING.has(upper)) {
         const answer = this.controller.beforeCommand(upper, args);
-        if (answer && 'answer' in answer) {
-          this.send(334, '');
-          self._nextHandler = (line, done) => {
-            const r = answer.answer(line.toString());
-            this.send(r.code, r.text);
-            done();
-          };
-          setImmediate(() => callback?.());
-          return;
-        }
         if (answer) {
-          this.send(answer.code, answer.text);
+          if ('answer' in answer) {
+            this.send(334, '');
+            this._nextHandler = (line, done) => {
+              const r = answer.answer(line.toString());
+              this.send(r.code, r.text);
+              done();
+            };
+          } else {
+            this.send(answer.code, answer.text);
+          }
           setImmediate(() => callback?.());
           return;
         }
@@ -117,13 +174,12 @@ class GatewayConnection extends SMTPConnection {
     }
     super.send(code, data, context);
     const text = Array.isArray(data) ? data.join('\n') : (data ?? '');
-    this.controller.onReply(this.currentCommand, { code, text });
+    this.controller.replied(this.currentCommand, { code, text });
   }
 
   override upgrade(callback: () => void, secureCallback?: () => void): void {
     this.currentCommand = 'STARTTLS';
-    const server = this._server as GatewayServer;
-    server.withCertificateRequest(this.controller.requestsCertificate(), () => super.upgrade(callback, secureCallback));
+    (this._server as GatewayServer).withCertificateRequest(this.controller.requestsCertificate(), () => super.upgrade(callback, secureCallback));
   }
 }
 
@@ -146,21 +202,22 @@ function featureLines(f: EhloFeatures): string[] {
 }
 
 export interface GatewayServerOptions extends SMTPServerOptions {
-  /** Creates the controller of each new session (the policy is chosen here, at connect). */
-  createController: ControllerFactory;
-  /** For implicit TLS: whether a client at this address is asked for a certificate. */
-  requestsCertificateFor: (remoteAddress: string) => boolean;
+  /** Creates the session of a new connection: its policy is chosen here, once. */
+  createSession(connection: AcceptedConnection): SessionController;
+  /** A session hook failed (a bug or an unexpected fault): the client got 451 4.3.0. */
+  onHookError(err: Error): void;
 }
 
 export class GatewayServer extends SMTPServer {
-  readonly createController: ControllerFactory;
-  private readonly requestsCertificateFor: (remoteAddress: string) => boolean;
+  private readonly createSession: GatewayServerOptions['createSession'];
+  private readonly onHookError: GatewayServerOptions['onHookError'];
+  private readonly controllers = new WeakMap<SMTPServerSession, SessionController>();
 
   constructor(options: GatewayServerOptions) {
-    const { createController, requestsCertificateFor, ...smtpOptions } = options;
+    const { createSession, onHookError, ...smtpOptions } = options;
     super({
       ...smtpOptions,
-      // certgate's rules decide these per session (shared/policy.ts); smtp-server's own must stay out of the way
+      // certgate's rules decide these per session (shared/policy/rules.ts); smtp-server's own must stay out of the way
       authOptional: true,
       allowInsecureAuth: true,
       rejectUnauthorized: false,
@@ -168,21 +225,49 @@ export class GatewayServer extends SMTPServer {
       hideENHANCEDSTATUSCODES: true,
       size: 0,
     });
-    this.createController = createController;
-    this.requestsCertificateFor = requestsCertificateFor;
+    this.createSession = createSession;
+    this.onHookError = onHookError;
+    // The accept path is certgate's (see the top of this file): smtp-server's handler goes.
+    this.server.removeAllListeners('connection');
+    this.server.on('connection', (socket: net.Socket) => this.accept(socket));
   }
 
-  override connect(socket: net.Socket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
-    const connection = new GatewayConnection(this, socket, socketOptions ?? null);
+  /** socket → session → implicit TLS handshake → SMTP connection. */
+  private accept(socket: net.Socket): void {
+    const implicitTls = Boolean(this.options.secure);
+    // Until the SMTP connection exists, smtp-server's guard bounds the time a socket may take.
+    const release = this._acceptSocket(socket, implicitTls);
+    if (!release) return;
+    const id = randomBytes(8).toString('hex');
+    const controller = this.createSession({ id, clientAddress: socket.remoteAddress ?? '' });
+    const options = { id, remoteAddress: socket.remoteAddress };
+    if (!implicitTls) {
+      release();
+      this.open(socket, options, controller);
+      return;
+    }
+    this.withCertificateRequest(controller.requestsCertificate(), () =>
+      this._upgrade(socket, (err, tlsSocket) => {
+        release();
+        if (err || !tlsSocket) {
+          // the guard is gone: a failed handshake must not leave the socket open
+          socket.destroy();
+          controller.closed();
+          if (err) this._onError(err);
+          return;
+        }
+        this.open(tlsSocket, options, controller);
+      }),
+    );
+  }
+
+  private open(socket: net.Socket, options: { id: string; remoteAddress?: string }, controller: SessionController): void {
+    const connection = new GatewayConnection(this, socket, options, controller);
+    this.controllers.set(connection.session, controller);
     this.connections.add(connection);
     connection.on('error', (err: Error) => this._onError(err));
     connection.on('connect', (data) => this._onClientConnect(data));
     connection.init();
-  }
-
-  override _upgrade(socket: net.Socket, callback: Parameters<SMTPServer['_upgrade']>[1]): void {
-    const address = socket.remoteAddress ?? '';
-    this.withCertificateRequest(this.requestsCertificateFor(address), () => super._upgrade(socket, callback));
   }
 
   /**
@@ -197,5 +282,67 @@ export class GatewayServer extends SMTPServer {
     } finally {
       options.requestCert = false;
     }
+  }
+
+  private controllerOf(session: SMTPServerSession): SessionController {
+    const c = this.controllers.get(session);
+    if (!c) throw new Error(`no session controller for ${session.id}`);
+    return c;
+  }
+
+  /** For an async hook: its rejection answers 451 4.3.0 and is reported. */
+  private failed(cb: (err?: Error | null) => void): (err: unknown) => void {
+    return (err) => {
+      this.onHookError(err instanceof Error ? err : new Error(String(err)));
+      cb(smtpError(REPLIES.internalError));
+    };
+  }
+
+  // ---------------------------------------------------------------- smtp-server's hooks
+
+  override onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const refusal = this.controllerOf(session).connect();
+    cb(refusal ? smtpError(refusal) : undefined);
+  }
+
+  override onSecure(socket: net.Socket | TLSSocket, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    this.controllerOf(session).secured(socket as TLSSocket).then((refusal) => cb(refusal ? smtpError(refusal) : undefined), this.failed(cb));
+  }
+
+  override onAuth(
+    auth: SMTPServerAuthentication,
+    session: SMTPServerSession,
+    cb: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void,
+  ): void {
+    this.controllerOf(session)
+      .authenticate(auth.username ?? '', auth.password ?? '', auth.authzid ?? '')
+      .then((r) => (r.code === 235 ? cb(null, { user: auth.username }) : cb(smtpError(r))), this.failed(cb));
+  }
+
+  override onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const declared = address.args ? address.args.SIZE : undefined;
+    const refusal = this.controllerOf(session).mailFrom(declared ? Number(declared) : null);
+    cb(refusal ? smtpError(refusal) : undefined);
+  }
+
+  override onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const refusal = this.controllerOf(session).rcptTo(address.address, session.envelope.rcptTo.length);
+    cb(refusal ? smtpError(refusal) : undefined);
+  }
+
+  override onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
+    const env = session.envelope;
+    const envelope: Envelope = {
+      from: env.mailFrom ? env.mailFrom.address : '',
+      to: env.rcptTo.map((r) => r.address),
+      smtpUtf8: Boolean(env.smtpUtf8),
+      body8bit: env.bodyType === '8bitmime',
+      helo: session.hostNameAppearsAs || '',
+    };
+    this.controllerOf(session).data(stream, envelope).then((r) => (r.code === 250 ? cb(null, r.text) : cb(smtpError(r))), this.failed(cb));
+  }
+
+  override onClose(session: SMTPServerSession): void {
+    this.controllers.get(session)?.closed();
   }
 }

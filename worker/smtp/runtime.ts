@@ -1,10 +1,21 @@
-// A listener's view of one configuration version: its policies by client address, its
-// authentication setup with the fallback resolved, and its parsed client CAs.
+// A listener's view of one configuration version: its policies by client address (sender groups
+// compiled once), its authentication setup with the fallback resolved, and its parsed client CAs.
+// A new configuration version builds a new runtime; sessions keep the one they started with.
+import type { X509Certificate } from 'node:crypto';
 import type { AuthSetup } from '../../shared/policy/rules.ts';
-import { selectPolicyName } from '../../shared/policy/rules.ts';
+import { compileSenderGroups, selectPolicyName } from '../../shared/policy/sender-groups.ts';
 import { DEFAULT_POLICY_LIMITS, type Config, type Listener, type MailFlowPolicy } from '../../shared/config/schemas.ts';
-import { parsePemCertificates } from '../../shared/pki/certificate.ts';
-import type { ListenerRuntime } from './session.ts';
+import { parsePemCertificates } from '../../shared/pki/pem.ts';
+
+/** Everything a listener's sessions share, fixed for one configuration version. */
+export interface ListenerRuntime {
+  listener: Listener;
+  auth: AuthSetup;
+  /** The trust anchors of client certificates (OpenSSL verifies against the same PEM). */
+  clientCas: X509Certificate[];
+  /** §2.5: the mail flow policy of a client, chosen once when it connects. */
+  policyFor(clientAddress: string): MailFlowPolicy;
+}
 
 /**
  * Fails closed: a policy name that does not resolve (the API refuses such a config, so
@@ -17,11 +28,12 @@ const MISSING_POLICY: MailFlowPolicy = {
 
 export function buildRuntime(listener: Listener, config: Config): ListenerRuntime {
   const policies = new Map(config.mailFlowPolicies.map((p) => [p.name, p]));
+  const groups = compileSenderGroups(listener.senderGroups);
   return {
     listener,
     auth: resolveAuth(listener, config),
     clientCas: listener.tls?.clientCaPem ? parsePemCertificates(listener.tls.clientCaPem) : [],
-    policyFor: (address) => policies.get(selectPolicyName(listener, address)) ?? MISSING_POLICY,
+    policyFor: (address) => policies.get(selectPolicyName(groups, listener.defaultPolicy, address)) ?? MISSING_POLICY,
   };
 }
 

@@ -1,22 +1,23 @@
 // One SMTP session: gathers the facts (TLS state, certificate, directory answers), asks
-// shared/policy.ts what to reply, applies it, and records events. No rule is decided here.
-import { randomBytes, X509Certificate } from 'node:crypto';
+// shared/policy/rules.ts what to reply, applies it, and records events. No rule is decided
+// here. The adapter (adapter.ts) calls the SessionController methods below in the order a
+// connection meets them; ARCHITECTURE.md lists which rule each one applies.
+import { randomBytes, type X509Certificate } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
-import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
-import type { SMTPServerSession } from 'smtp-server';
+import type { TLSSocket } from 'node:tls';
 import {
   afterHandshake, authCommand, authOutcome, connectReply, ehloFeatures, mailFromReply, rcptToReply,
   receivedProtocol, REPLIES, requestsClientCertificate, sizeExceeded, startTlsCommandReply, startTlsGate,
-  externalContinuation, type AllowanceCheck, type AuthCommandDecision, type AuthSetup, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
+  externalContinuation, type AllowanceCheck, type AuthCommandDecision, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
   type EhloFeatures, type Reply, type SessionState,
 } from '../../shared/policy/rules.ts';
-import type { LdapAuthProfile, Listener, MailFlowPolicy, NewSessionEvent } from '../../shared/config/schemas.ts';
-import { certificateFacts, certInfo, validateClientCertificate, type CertificateFacts } from '../../shared/pki/certificate.ts';
-import { certificateTokenValues, type TokenValues } from '../../shared/directory/tokens.ts';
-import type { Challenge, SessionController } from './adapter.ts';
+import type { LdapAuthProfile, NewSessionEvent } from '../../shared/config/schemas.ts';
+import { certificateFacts, type CertificateFacts } from '../../shared/pki/certificate.ts';
+import { verifiedChain, verifyFailure } from '../../shared/pki/verify.ts';
 import type { RevocationVerdict } from '../../shared/pki/crl/store.ts';
-
-export type { RevocationVerdict };
+import { certificateTokenValues, type TokenValues } from '../../shared/directory/tokens.ts';
+import type { AcceptedConnection, Challenge, Envelope, SessionController } from './adapter.ts';
+import type { ListenerRuntime } from './runtime.ts';
 import type { NextHopTarget, RelayResult } from '../relay/next-hop.ts';
 import { receivedHeader } from './received.ts';
 
@@ -31,14 +32,6 @@ export interface DirectoryPort {
 /** What revocation data says of a validated chain (leaf first); `disabled`: inboundSmtpTls is off. */
 export type RevocationCheck = RevocationVerdict | { status: 'disabled' };
 
-/** Everything a listener's sessions share, fixed for one configuration version. */
-export interface ListenerRuntime {
-  listener: Listener;
-  auth: AuthSetup;
-  clientCas: X509Certificate[];
-  policyFor(clientAddress: string): MailFlowPolicy;
-}
-
 export interface SessionDeps {
   workerId: string;
   now(): Date;
@@ -49,6 +42,9 @@ export interface SessionDeps {
   checkNextHop(chain: X509Certificate[]): Promise<string | null>;
   relay(target: NextHopTarget, envelope: { from: string; to: string[]; smtpUtf8: boolean; body8bit: boolean }, prefix: Buffer, message: Readable): Promise<RelayResult>;
   observe: {
+    /** A session began (counted per listener) or ended. */
+    sessionOpened(listener: string): void;
+    sessionClosed(): void;
     auth(method: string, outcome: string, reason: string): void;
     relay(outcome: string): void;
   };
@@ -68,20 +64,21 @@ export class Session implements SessionController {
   /** The LDAP auth profile of an AUTH PLAIN/LOGIN exchange in progress. */
   private saslProfile: LdapAuthProfile | null = null;
 
+  private ended = false;
+
   constructor(
     private readonly runtime: ListenerRuntime,
     private readonly deps: SessionDeps,
-    private readonly session: SMTPServerSession,
-    private readonly clientAddress: string,
-    secureFromStart: boolean,
+    private readonly connection: AcceptedConnection,
   ) {
     this.state = {
-      policy: runtime.policyFor(clientAddress),
+      policy: runtime.policyFor(connection.clientAddress),
       auth: runtime.auth,
       tlsConfigured: runtime.listener.tls !== null,
-      secure: secureFromStart,
+      secure: runtime.listener.implicitTls,
       user: null,
     };
+    deps.observe.sessionOpened(runtime.listener.name);
   }
 
   // ------------------------------------------------------------ SessionController
@@ -121,14 +118,12 @@ export class Session implements SessionController {
     return decision.reply;
   }
 
-  onReply(command: string, reply: Reply): void {
+  replied(command: string, reply: Reply): void {
     // allow-and-log: every command after the AUTH that admitted the user is on record.
     // The final reply to DATA is the message event itself.
     if (!this.allowedNotPermitted || command === 'AUTH' || (command === 'DATA' && reply.code !== 354)) return;
     this.event({ outcome: 'allowed-not-permitted', reason: 'not-allowed-by-allow-query', command, reply: format(reply) });
   }
-
-  // ------------------------------------------------------------ smtp-server hooks
 
   /** onConnect: rule 1. */
   connect(): Reply | null {
@@ -146,10 +141,7 @@ export class Session implements SessionController {
     this.tlsVersion = socket.getProtocol() ?? null;
     const check = this.requestsCertificate() ? await this.checkCertificate(socket) : ({ kind: 'not-requested' } as const);
     const decision = afterHandshake(this.state, check);
-    if (decision.user) {
-      this.state.user = decision.user;
-      this.session.user = decision.user.id;
-    }
+    if (decision.user) this.state.user = decision.user;
     if (check.kind !== 'not-requested') {
       const outcome = decision.refuse ? 'rejected' : decision.user ? 'accepted' : check.kind === 'valid' || check.kind === 'absent' ? 'accepted' : 'rejected';
       this.deps.observe.auth('certificate', outcome, decision.reason);
@@ -215,15 +207,14 @@ export class Session implements SessionController {
   }
 
   /** onData: relay to the next hop, answering what it answered (rule 8). */
-  async data(message: Readable): Promise<Reply> {
-    const env = this.session.envelope;
-    const from = env.mailFrom ? env.mailFrom.address : '';
-    const to = env.rcptTo.map((r) => r.address);
+  async data(message: Readable, envelope: Envelope): Promise<Reply> {
+    const { from, to } = envelope;
     const id = randomBytes(8).toString('hex');
     const prefix = Buffer.from(receivedHeader({
-      helo: this.session.hostNameAppearsAs || '',
-      clientHostname: this.session.clientHostname || null,
-      clientAddress: this.clientAddress,
+      helo: envelope.helo,
+      // Reverse DNS is off (no DNS delay per session): the header says `unknown`.
+      clientHostname: null,
+      clientAddress: this.connection.clientAddress,
       hostname: this.runtime.listener.hostname,
       protocol: receivedProtocol(this.state),
       id,
@@ -250,7 +241,7 @@ export class Session implements SessionController {
         host: hop.host, port: hop.port, tls: hop.tls, caPem: hop.caPem, heloName: this.runtime.listener.hostname, finalReplyTimeoutMs: 240_000,
         checkServerCertificate: (serverChain) => this.deps.checkNextHop(serverChain),
       },
-      { from, to, smtpUtf8: Boolean(env.smtpUtf8), body8bit: env.bodyType === '8bitmime' },
+      { from, to, smtpUtf8: envelope.smtpUtf8, body8bit: envelope.body8bit },
       prefix,
       counter,
     );
@@ -268,21 +259,32 @@ export class Session implements SessionController {
 
   // ------------------------------------------------------------ helpers
 
+  closed(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.deps.observe.sessionClosed();
+  }
+
+  // ------------------------------------------------------------ helpers
+
+  /** OpenSSL verified the chain in the handshake; certgate adds revocation and the directory. */
   private async checkCertificate(socket: TLSSocket): Promise<CertificateCheck> {
-    // getPeerCertificate(true) first: after getPeerX509Certificate() Node no longer links the chain.
-    const peer = socket.getPeerCertificate(true);
-    if (!peer?.raw) return { kind: 'absent' };
-    const validated = validateCached(this.runtime, peer, this.deps.now());
-    this.certificate = validated.facts;
-    if ('failure' in validated) return { kind: 'invalid', reason: validated.failure };
-    const chain = validated;
-    const revocation = this.deps.revocation(chain.chain);
+    const leaf = socket.getPeerX509Certificate();
+    if (!leaf) return { kind: 'absent' };
+    const facts = factsOf(leaf);
+    this.certificate = facts;
+    if (!facts) return { kind: 'invalid', reason: 'malformed' };
+    if (!socket.authorized) {
+      this.revocationNote = `OpenSSL: ${String(socket.authorizationError)}`;
+      return { kind: 'invalid', reason: verifyFailure(socket.authorizationError) };
+    }
+    const revocation = this.deps.revocation(verifiedChain(leaf, this.runtime.clientCas));
     this.revocationNote = REVOCATION_NOTE[revocation.status] ?? ('detail' in revocation ? revocation.detail : null);
     if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
-    const found = await directory.lookupCertificate(certificateTokenValues(chain.facts));
+    const found = await directory.lookupCertificate(certificateTokenValues(facts));
     this.directoryNote = found.detail ?? null;
     return { kind: 'valid', directory: directoryMatch(found) };
   }
@@ -293,8 +295,8 @@ export class Session implements SessionController {
       time: this.deps.now().toISOString(),
       worker: this.deps.workerId,
       listener: this.runtime.listener.name,
-      sessionId: this.session.id,
-      clientAddress: this.clientAddress,
+      sessionId: this.connection.id,
+      clientAddress: this.connection.clientAddress,
       tlsVersion: this.tlsVersion,
       certificate: c ? { subject: c.subjectDn, serial: c.serial, issuer: c.issuerDn } : null,
       method: fields.method ?? (this.state.user?.method ?? 'none'),
@@ -323,70 +325,27 @@ function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertifica
   }
 }
 
-interface Validated { facts: CertificateFacts; chain: X509Certificate[]; validFrom: number; validTo: number }
-
 /**
- * Chains already validated for a listener's trust anchors, by the fingerprints the client
- * presented: a card holder reconnects many times a day, and parsing and verifying the same
- * chain again costs more CPU than the rest of the session. An entry is reused only inside
- * the validity period of every certificate of its chain; revocation and the directory are
- * asked every time. A new configuration version builds a new runtime, so a changed
- * clientCaPem never sees old entries.
+ * Certificate facts by SHA-256 fingerprint: a card holder reconnects many times a day, and the
+ * facts (names formatted, subjectAltName read) are a pure function of the certificate.
  */
-const validatedChains = new WeakMap<ListenerRuntime, Map<string, Validated>>();
-const MAX_VALIDATED_CHAINS = 10_000;
+const knownFacts = new Map<string, CertificateFacts>();
+const MAX_KNOWN_FACTS = 10_000;
 
-function validateCached(runtime: ListenerRuntime, peer: DetailedPeerCertificate, now: Date): Validated | { failure: string; facts: CertificateFacts | null } {
-  let cache = validatedChains.get(runtime);
-  if (!cache) validatedChains.set(runtime, (cache = new Map()));
-  const presented = presentedChain(peer);
-  const key = [peer.fingerprint256, ...presented.map((c) => c.fingerprint256)].join('|');
-  const hit = cache.get(key);
-  if (hit && hit.validFrom <= now.getTime() && now.getTime() <= hit.validTo) return hit;
-  const leaf = new X509Certificate(peer.raw);
+/** The facts of a verified or presented certificate; null when its names cannot be decoded. */
+function factsOf(cert: X509Certificate): CertificateFacts | null {
+  const key = cert.fingerprint256;
+  const hit = knownFacts.get(key);
+  if (hit) return hit;
   let facts: CertificateFacts;
   try {
-    facts = certificateFacts(leaf);
+    facts = certificateFacts(cert);
   } catch {
-    return { failure: 'malformed', facts: null };
+    return null;
   }
-  const result = validateClientCertificate({ leaf, presented, trusted: runtime.clientCas, now });
-  if (!result.ok) return { failure: result.reason, facts };
-  const periods = result.chain.map((c) => certInfo(c).parsed);
-  const entry: Validated = {
-    facts,
-    chain: result.chain,
-    validFrom: Math.max(...periods.map((p) => p.notBefore.getTime())),
-    validTo: Math.min(...periods.map((p) => p.notAfter.getTime())),
-  };
-  if (cache.size >= MAX_VALIDATED_CHAINS) cache.clear();
-  cache.set(key, entry);
-  return entry;
-}
-
-/**
- * Intermediates seen recently, by SHA-256 fingerprint: every card holder presents the same
- * few, and reusing the object reuses its parsed form (shared/x509.ts caches per object).
- */
-const knownIntermediates = new Map<string, X509Certificate>();
-const MAX_KNOWN_INTERMEDIATES = 256;
-
-/** The intermediates the client sent after its leaf, in the order it sent them. */
-function presentedChain(leaf: DetailedPeerCertificate): X509Certificate[] {
-  const out: X509Certificate[] = [];
-  const seen = new Set<string>([leaf.fingerprint256]);
-  // Node links the chain through issuerCertificate; a self-signed end points at itself.
-  for (let c = leaf.issuerCertificate; c?.raw && !seen.has(c.fingerprint256) && out.length < 8; c = c.issuerCertificate) {
-    seen.add(c.fingerprint256);
-    let cert = knownIntermediates.get(c.fingerprint256);
-    if (!cert) {
-      if (knownIntermediates.size >= MAX_KNOWN_INTERMEDIATES) knownIntermediates.clear();
-      cert = new X509Certificate(c.raw);
-      knownIntermediates.set(c.fingerprint256, cert);
-    }
-    out.push(cert);
-  }
-  return out;
+  if (knownFacts.size >= MAX_KNOWN_FACTS) knownFacts.clear();
+  knownFacts.set(key, facts);
+  return facts;
 }
 
 function okReply(id: string, nextHop: Reply): Reply {

@@ -14,25 +14,10 @@
  */
 import { X509Certificate, constants, createHash, verify as cryptoVerify, type KeyObject, type VerifyKeyObjectInput } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import {
-  DerError,
-  KU,
-  OID,
-  TAG,
-  type Tlv,
-  canonicalName,
-  certInfo,
-  children,
-  decodeOid,
-  decodeTime,
-  expectTlv,
-  formatName,
-  nameTlv,
-  parseAuthorityKeyId,
-  parseExtensions,
-  readPemBlocks,
-  readTlv,
-} from '../certificate.ts';
+import { DerError, TAG, type Tlv, children, decodeOid, decodeTime, expectTlv, readTlv } from '../der.ts';
+import { KU, OID, certInfo, parseAuthorityKeyId, parseExtensions } from '../certificate.ts';
+import { canonicalName, formatName, nameTlv } from '../names.ts';
+import { readPemBlocks } from '../pem.ts';
 
 export type CrlFileType = 'asn1' | 'pem';
 

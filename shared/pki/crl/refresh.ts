@@ -28,7 +28,10 @@ import type { MinimalLogger } from '../../util/logger.ts';
 import { REDIS_SLICE, readCrlStatus } from './stored.ts';
 import { keys } from '../../redis/keys.ts';
 import type { Config, CrlSource, CrlStatus } from '../../config/schemas.ts';
-import { canonicalName, certInfo, nameTlv, parsePemCertificates, readTlv } from '../certificate.ts';
+import { canonicalName, nameTlv } from '../names.ts';
+import { certInfo } from '../certificate.ts';
+import { parsePemCertificates } from '../pem.ts';
+import { readTlv } from '../der.ts';
 
 export interface RefreshContext {
   /** CA certificates a CRL may be signed by (see `trustedCrlSigners`). */

@@ -26,7 +26,9 @@ import { Coalescer } from '../../util/coalescer.ts';
 import type { MinimalLogger } from '../../util/logger.ts';
 import { keys } from '../../redis/keys.ts';
 import type { CrlSettings } from '../../config/schemas.ts';
-import { canonicalName, certInfo, nameTlv, serialHexFromDer } from '../certificate.ts';
+import { canonicalName, nameTlv } from '../names.ts';
+import { certInfo } from '../certificate.ts';
+import { serialHexFromDer } from '../der.ts';
 
 /** What revocation data says of a validated chain (leaf first). */
 export type RevocationVerdict =

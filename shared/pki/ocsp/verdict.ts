@@ -31,7 +31,8 @@ import { verify as verifySignature, X509Certificate, type KeyObject } from 'node
 import { BasicOCSPResponse, OCSPResponse, OCSPResponseStatus, id_pkix_ocsp_basic, id_pkix_ocsp_nonce, type SingleResponse } from '@peculiar/asn1-ocsp';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { CRLReasons } from '@peculiar/asn1-x509';
-import { canonicalName, certInfo, formatName, nameTlv } from '../certificate.ts';
+import { canonicalName, formatName, nameTlv } from '../names.ts';
+import { certInfo } from '../certificate.ts';
 import { bytesEqual, certIdMatches, keyHash } from './request.ts';
 
 /** Clock skew allowed for a `thisUpdate` in the future (SPEC §2.6b). */

@@ -1,9 +1,14 @@
-// CIDR parsing and matching (sender groups): IPv4, IPv6 and IPv4-mapped IPv6 clients.
+// Sender groups (CIDR lists matched by BlockList) and the API's CIDR check: IPv4, IPv6 and
+// IPv4-mapped IPv6 clients.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { matchesCidr, parseCidr } from '../shared/policy/sender-groups.ts';
+import { compileSenderGroups, parseCidr, selectPolicyName } from '../shared/policy/sender-groups.ts';
 
-test('matchesCidr: IPv4, IPv6, and an IPv4 client seen on a dual-stack socket', () => {
+/** Whether one CIDR (as a one-group list) matches the address. */
+const matchesCidr = (address: string, cidr: string): boolean =>
+  selectPolicyName(compileSenderGroups([{ name: 'g', senders: [cidr], policy: 'IN' }]), 'OUT', address) === 'IN';
+
+test('sender groups: IPv4, IPv6, and an IPv4 client seen on a dual-stack socket', () => {
   const cases: [string, string, boolean][] = [
     ['127.0.0.1', '127.0.0.0/8', true],
     ['128.0.0.1', '127.0.0.0/8', false],
@@ -27,7 +32,6 @@ test('matchesCidr: IPv4, IPv6, and an IPv4 client seen on a dual-stack socket', 
     ['127.0.0.1', 'not a cidr', false],
   ];
   for (const [address, cidr, expected] of cases) assert.equal(matchesCidr(address, cidr), expected, `${address} in ${cidr}`);
-  assert.equal(matchesCidr('10.9.8.7', parseCidr('10.0.0.0/8')), true, 'a parsed CIDR is accepted too');
 });
 
 test('parseCidr: clear errors for what is not a network', () => {
@@ -45,4 +49,15 @@ test('parseCidr: clear errors for what is not a network', () => {
   ] as const) {
     assert.throws(() => parseCidr(text), message, text);
   }
+});
+
+test('sender groups: the first group that contains the client gives the policy, else the default', () => {
+  const groups = compileSenderGroups([
+    { name: 'a', senders: ['10.0.0.0/8'], policy: 'A' },
+    { name: 'b', senders: ['10.1.0.0/16', '::1/128'], policy: 'B' },
+  ]);
+  assert.equal(selectPolicyName(groups, 'D', '10.1.2.3'), 'A');
+  assert.equal(selectPolicyName(groups, 'D', '::1'), 'B');
+  assert.equal(selectPolicyName(groups, 'D', '192.0.2.1'), 'D');
+  assert.equal(selectPolicyName(groups, 'D', ''), 'D', 'no address: the default policy');
 });

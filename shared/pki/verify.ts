@@ -1,0 +1,84 @@
+// Peer certificates are verified once, by OpenSSL, in the TLS handshake: against the listener's
+// trust anchors (clientCaPem, with allowPartialTrustChain so that an intermediate may be the
+// anchor), with validity periods, key usage and extended key usage for the TLS role, signatures,
+// basic and name constraints. certgate maps that verdict to the reasons of SPEC §3 and its
+// events, and adds only what OpenSSL cannot know: revocation (from the CRL index) and the
+// directory. This module holds the mapping, and the walk from a verified leaf up to its anchor
+// that the revocation check needs (each certificate with its issuer).
+import type { X509Certificate } from 'node:crypto';
+
+/** Why a presented certificate is not valid, in the words of events and refusals. */
+export type VerifyFailure =
+  | 'expired'
+  | 'not-yet-valid'
+  | 'untrusted-issuer'
+  | 'bad-key-usage'
+  | 'bad-signature'
+  | 'not-a-ca'
+  | 'malformed';
+
+/**
+ * OpenSSL's X509_V_ERR_* names, as Node reports them in `authorizationError`, by reason. Node
+ * names only these codes; every other one (name constraints, a CA without keyCertSign, ...)
+ * reaches it as UNSPECIFIED. Two verdicts are OpenSSL's rather than a wording of ours: an
+ * issuer that is not a CA fails its purpose check (INVALID_PURPOSE, so `bad-key-usage`), and
+ * anyExtendedKeyUsage alone does not make a certificate fit for client authentication.
+ */
+const REASON_OF_CODE: Record<string, VerifyFailure> = {
+  CERT_HAS_EXPIRED: 'expired',
+  CERT_NOT_YET_VALID: 'not-yet-valid',
+  UNABLE_TO_GET_ISSUER_CERT: 'untrusted-issuer',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'untrusted-issuer',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'untrusted-issuer',
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'untrusted-issuer',
+  SELF_SIGNED_CERT_IN_CHAIN: 'untrusted-issuer',
+  CERT_UNTRUSTED: 'untrusted-issuer',
+  CERT_REJECTED: 'untrusted-issuer',
+  CERT_CHAIN_TOO_LONG: 'untrusted-issuer',
+  INVALID_PURPOSE: 'bad-key-usage',
+  CERT_SIGNATURE_FAILURE: 'bad-signature',
+  UNABLE_TO_DECRYPT_CERT_SIGNATURE: 'bad-signature',
+  UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY: 'bad-signature',
+  INVALID_CA: 'not-a-ca',
+  PATH_LENGTH_EXCEEDED: 'not-a-ca',
+  ERROR_IN_CERT_NOT_BEFORE_FIELD: 'malformed',
+  ERROR_IN_CERT_NOT_AFTER_FIELD: 'malformed',
+};
+
+/**
+ * The reason for OpenSSL's verdict on a presented certificate. Any code not listed (OpenSSL
+ * has dozens) still refuses: as `untrusted-issuer`, the event's detail keeping the code.
+ */
+export function verifyFailure(code: string | Error | null | undefined): VerifyFailure {
+  const name = typeof code === 'string' ? code : ((code as { code?: string } | null | undefined)?.code ?? String(code ?? ''));
+  return REASON_OF_CODE[name] ?? 'untrusted-issuer';
+}
+
+/** Links followed at most: deeper chains are refused by OpenSSL's own depth limit long before. */
+const MAX_CHAIN = 10;
+
+/**
+ * A verified leaf with its issuers, leaf first, up to the first trust anchor: the certificates
+ * the peer presented (Node links them to the leaf by issuance) until one is issued by an anchor
+ * of `anchors`, which ends the chain (an anchor is trusted, not revocation-checked, as an
+ * intermediate CA in a listener's bundle is: SPEC §2.6 covers issuers by their CRL sources).
+ * The signatures were checked by OpenSSL; issuance here is matched by name and key identifier
+ * (`checkIssued`), which is all the revocation lookup needs.
+ */
+export function verifiedChain(leaf: X509Certificate, anchors: readonly X509Certificate[]): X509Certificate[] {
+  const chain = [leaf];
+  const seen = new Set([leaf.fingerprint256]);
+  for (let cert = leaf; chain.length < MAX_CHAIN && !cert.checkIssued(cert); ) {
+    const anchor = anchors.find((a) => cert.checkIssued(a));
+    if (anchor) {
+      chain.push(anchor);
+      break;
+    }
+    const presented = cert.issuerCertificate;
+    if (!presented || seen.has(presented.fingerprint256)) break;
+    chain.push(presented);
+    seen.add(presented.fingerprint256);
+    cert = presented;
+  }
+  return chain;
+}
