@@ -11,6 +11,7 @@ import { spawnNode, startSystem, TOKEN, type System } from './helpers/system.ts'
 import { startSink, type Sink } from './helpers/smtp-sink.ts';
 import { swaks } from './helpers/smtp-clients.ts';
 import { freePort, waitForPort } from './helpers/ports.ts';
+import { eventually } from './helpers/wait.ts';
 import type { Issued } from './helpers/pki.ts';
 import { cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
@@ -76,11 +77,7 @@ before(async () => {
   await writeFile(path.join(crlDir, 'root.crl'), await sys.pki.crl('root', [], { crlNumber: ++crlNumber, format: 'der' }));
   await sys.api.ok('POST', '/v1/crl-sources', { name: 'root-crl', fileType: 'asn1', primaryUrl: `file://${crlDir}/root.crl`, secondaryUrl: null, schedule: { everySeconds: 3600 }, enabled: true });
   // Saving an enabled source downloads it at once: wait for that first CRL.
-  for (let i = 0; i < 100; i++) {
-    const { status } = await sys.api.ok<{ status: { lastSuccessAt: string | null } }>('GET', '/v1/crl-sources/root-crl');
-    if (status.lastSuccessAt) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await eventually(async () => (await sys.api.ok<{ status: { lastSuccessAt: string | null } }>('GET', '/v1/crl-sources/root-crl')).status.lastSuccessAt, 30_000, 'the first CRL download');
   await sys.settled();
 });
 
@@ -93,9 +90,14 @@ after(async () => {
 describe('CRLs enforced by running workers', () => {
   test('a card holder relays while not revoked, and the event says the certificate was revocation-checked', async () => {
     await publishRootCrl([]);
-    const since = new Date().toISOString();
-    await expectEverywhere(certs.jdoe!, 'relayed');
-    assert.equal((await lastStartTlsEvent(since))?.detail, 'revocation-checked: not revoked');
+    // The workers load the refreshed CRL in the background: sessions before that are unchecked.
+    const detail = await eventually(async () => {
+      const since = new Date().toISOString();
+      await expectEverywhere(certs.jdoe!, 'relayed');
+      const d = (await lastStartTlsEvent(since))?.detail;
+      return d === 'revocation-checked: not revoked' && d;
+    }, 30_000, 'a session checked against the CRL');
+    assert.equal(detail, 'revocation-checked: not revoked');
   });
 
   test('revoked by a refreshed CRL: refused by both workers, event reason revoked', async () => {

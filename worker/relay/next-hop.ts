@@ -37,6 +37,8 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { finished } from 'node:stream';
+import { parsePemCertificates } from '../../shared/pki/pem.ts';
+import { verifiedChain } from '../../shared/pki/verify.ts';
 
 export interface NextHopTarget {
   host: string;
@@ -690,7 +692,7 @@ class Attempt {
       return new Link(conn, caps, null);
     }
     const socket = await conn.startTls(this.tlsOptions(), this.stepMs);
-    const chain = peerChain(socket);
+    const chain = peerChain(socket, this.target.caPem);
     await checkCertificate(this.target, chain);
     // RFC 3207 §4.2: everything learnt before TLS is discarded.
     return new Link(conn, await this.hello(conn), chain);
@@ -824,17 +826,23 @@ async function checkCertificate(target: NextHopTarget, chain: X509Certificate[])
   if (reason !== null) throw new NextHopUnavailable(`next hop certificate ${reason}`);
 }
 
-/** The verified or presented chain, leaf first, as the TLS layer reports it. */
-function peerChain(socket: tls.TLSSocket): X509Certificate[] {
-  const chain: X509Certificate[] = [];
-  const seen = new Set<string>();
-  let cert: tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
-  while (cert?.raw && !seen.has(cert.fingerprint256)) {
-    seen.add(cert.fingerprint256);
-    chain.push(new X509Certificate(cert.raw));
-    cert = cert.issuerCertificate;
+/** Trust anchors of a next hop: its caPem, or the system store (parsed once). */
+const anchorsByCa = new Map<string, X509Certificate[]>();
+function anchorsOf(caPem: string | null): X509Certificate[] {
+  const key = caPem ?? '';
+  let anchors = anchorsByCa.get(key);
+  if (!anchors) {
+    anchors = caPem ? parsePemCertificates(caPem) : tls.rootCertificates.map((pem) => new X509Certificate(pem));
+    if (anchorsByCa.size >= 64) anchorsByCa.clear();
+    anchorsByCa.set(key, anchors);
   }
-  return chain;
+  return anchors;
+}
+
+/** The next hop's chain, leaf first, up to its anchor (for the outboundSmtpTls revocation check). */
+function peerChain(socket: tls.TLSSocket, caPem: string | null): X509Certificate[] {
+  const leaf = socket.getPeerX509Certificate();
+  return leaf ? verifiedChain(leaf, anchorsOf(caPem)) : [];
 }
 
 /** A pooled link that may carry this message: alive, and its certificate still passes the check. */
