@@ -3,7 +3,8 @@
  *
  *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|all]
  *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--users 64]
- *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--profile] [--help]
+ *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
+ *                         [--ocsp-clients 2] [--profile] [--help]
  *
  * Scenarios (SPEC §3, §4):
  * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
@@ -35,6 +36,15 @@
  * numbers; asserts nothing. Everything it starts (Redis, slapd, API, worker, children) is
  * stopped at the end, also on Ctrl-C (a second Ctrl-C exits at once).
  *
+ * --ocsp on (with the cert scenario): SPEC §2.6b, against a local `openssl ocsp` responder (its own
+ * network namespace, test/helpers/ocsp-responder.ts) answering for the cards' CA. Two measurements
+ * after the cert scenario: (1) certgate with OCSP off against OCSP on with a warm cache (the cards'
+ * answers cached by the first run's warm-up), alternating in rounds like the other targets, at
+ * --clients (target: ratio >= 0.95); (2) the latency a cold cache adds per session: OCSP on with
+ * maxCacheSeconds 0 (every session asks the responder: one HTTP POST, a response signature check)
+ * against OCSP off, at --ocsp-clients concurrent sessions (openssl's responder answers one request
+ * at a time, so more clients would measure its queue), p50 and p99 differences.
+ *
  * --greeting-delay: smtp-server waits 100 ms before each greeting; certgate's listeners greet at
  * once. `off` (the default, like for like) removes that wait from the sink (the next hop),
  * certgate's worker and the bare smtp-server references, `sink-off` from the sink only, `on`
@@ -62,6 +72,8 @@ import { summarizeProfile } from './lib/cpuprofile.ts';
 import { startPostfix, unavailable as postfixUnavailable } from './lib/postfix.ts';
 import { exitWithUsageIfAsked } from './lib/usage.ts';
 import { greetingDelayPreload, removeGreetingDelay } from './lib/greeting-delay.ts';
+import { startOcspResponder } from '../test/helpers/ocsp-responder.ts';
+import { DEFAULT_OCSP_SETTINGS } from '../shared/config/schemas.ts';
 
 const cores = availableParallelism();
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -82,6 +94,8 @@ const { values: argv } = parseArgs({
     profile: { type: 'boolean', default: false },
     'greeting-delay': { type: 'string', default: 'off' },
     postfix: { type: 'string', default: 'on' },
+    ocsp: { type: 'string', default: 'off' },
+    'ocsp-clients': { type: 'string', default: '2' },
   },
 });
 const seconds = Number(argv.seconds);
@@ -94,6 +108,9 @@ const scenarioArg = argv.scenario;
 const greetingDelay = argv['greeting-delay'];
 if (greetingDelay !== 'on' && greetingDelay !== 'sink-off' && greetingDelay !== 'off') throw new Error('--greeting-delay: on, sink-off or off');
 if (argv.postfix !== 'on' && argv.postfix !== 'off') throw new Error('--postfix: on or off');
+if (argv.ocsp !== 'on' && argv.ocsp !== 'off') throw new Error('--ocsp: on or off');
+const ocspClients = Number(argv['ocsp-clients']);
+if (!(Number.isInteger(ocspClients) && ocspClients >= 1 && ocspClients <= 64)) throw new Error('--ocsp-clients: 1..64');
 if (!(seconds > 0 && seconds <= 120)) throw new Error('--seconds: 0 < s <= 120');
 if (!(Number.isInteger(clients) && clients >= 1 && clients <= 512)) throw new Error('--clients: 1..512');
 if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 9)) throw new Error('--rounds: 1..9');
@@ -237,6 +254,8 @@ interface Target {
   /** CPU ms so far of the serving process(es): one process, or Postfix's whole tree. */
   serverCpu: () => Promise<number | null>;
   certgate: boolean;
+  /** Runs before the load (certgate with OCSP on or off: the settings for this run). */
+  before?: () => Promise<void>;
   /** Runs after the measured window, before the next run (Postfix: drain its queue). */
   after?: () => Promise<void>;
 }
@@ -301,6 +320,7 @@ async function ldapTotals(ctx: Context): Promise<Map<string, { sum: number; coun
 
 async function measure(ctx: Context, target: Target, base: Omit<LoadSpec, 'kind' | 'port'>): Promise<RunResult> {
   const ldapBefore = target.certgate ? await ldapTotals(ctx) : new Map<string, { sum: number; count: number }>();
+  await target.before?.();
   const sinkBefore = ctx.sys.sink.messages.length;
   let start: Promise<CpuSnapshot> | null = null;
   let end: Promise<CpuSnapshot> | null = null;
@@ -482,7 +502,7 @@ async function redisPid(url: string): Promise<number | undefined> {
 
 async function main(): Promise<void> {
   const startedAt = Date.now();
-  const perScenarioRuns = { auth: 3, cert: argv.postfix === 'on' ? 4 : 3 };
+  const perScenarioRuns = { auth: 3, cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0) };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
     `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
@@ -682,6 +702,11 @@ async function main(): Promise<void> {
       summaries.push(...lines);
       noise.push(...all);
       printHead(results);
+      if (argv.ocsp === 'on') {
+        const ocsp = await benchOcsp(ctx, cards, { port: portA + worker.offset, workerCpu, base: spec, own });
+        summaries.push(...ocsp.lines);
+        noise.push(...ocsp.noise);
+      }
     }
 
     console.log('\nsummary');
@@ -700,6 +725,55 @@ async function main(): Promise<void> {
     await rm(workDir, { recursive: true, force: true });
   }
   console.log(`\ndone in ${fmt((Date.now() - startedAt) / 1000, 0)} s`);
+}
+
+/**
+ * --ocsp on: certgate with OCSP off / on (warm cache) alternating, then off / on with no cache
+ * (every session asks the responder) at --ocsp-clients; OCSP is left off afterwards.
+ */
+async function benchOcsp(
+  ctx: Context,
+  cards: Issued[],
+  o: { port: number; workerCpu: () => Promise<number | null>; base: Omit<LoadSpec, 'kind' | 'port'>; own: <T>(value: T, stop: (v: T) => Promise<void>) => T },
+): Promise<{ lines: string[]; noise: Summary[] }> {
+  const { sys } = ctx;
+  const responder = o.own(await startOcspResponder({ ca: sys.pki.intermediate, entries: cards.map((c) => ({ serial: c.serial })) }), (r) => r.stop());
+  const ocspOn = (maxCacheSeconds: number) => async () => {
+    await sys.api.ok('PUT', '/v1/ocsp-settings', { ...DEFAULT_OCSP_SETTINGS, inboundSmtpTls: true, responderUrl: responder.url, maxCacheSeconds });
+    await sys.settled(10_000);
+  };
+  const ocspOff = async () => {
+    await sys.api.ok('PUT', '/v1/ocsp-settings', DEFAULT_OCSP_SETTINGS);
+    await sys.settled(10_000);
+  };
+  const target = (key: string, label: string, before: () => Promise<void>): Target => ({ key, label, kind: 'smtp', port: o.port, serverCpu: o.workerCpu, certgate: true, before });
+  const lines: string[] = [];
+
+  console.log(`
+cert + OCSP: certgate with OCSP off against OCSP on, warm cache (${CARD_COUNT} cards, ${clients} clients; openssl ocsp responder on 127.0.0.1)`);
+  const warm = [target('off', 'certgate, OCSP off', ocspOff), target('warm', 'certgate, OCSP on (warm cache)', ocspOn(3600))];
+  const warmResults = await runScenario(ctx, 'cert + OCSP warm', warm, o.base);
+  const [off, on] = warm.map((t) => summarize(warmResults, t)) as [Summary, Summary];
+  const requestsWarm = responder.requests();
+  lines.push(`cert + OCSP: warm cache ${fmt(on.rate)} sessions/s (p50 ${fmt(on.p50, 0)} ms, p99 ${fmt(on.p99, 0)} ms) vs OCSP off ${fmt(off.rate)}/s ` +
+    `(p50 ${fmt(off.p50, 0)} ms, p99 ${fmt(off.p99, 0)} ms) → ${ratioText(warmResults, 'warm', 'off', on, off, 0.95)}; ` +
+    `responder requests ${requestsWarm} for ${CARD_COUNT} cards over ${rounds} warm runs`);
+  lines.push(`  ${cpuLine([on, off])}`);
+
+  console.log(`
+cert + OCSP: the latency a cold cache adds (maxCacheSeconds 0: every session asks the responder), ${ocspClients} clients`);
+  const cold = [target('off', 'certgate, OCSP off', ocspOff), target('cold', 'certgate, OCSP on (no cache)', ocspOn(0))];
+  const coldBase = { ...o.base, clients: ocspClients };
+  const coldResults = await runScenario(ctx, 'cert + OCSP cold', cold, coldBase);
+  await ocspOff();
+  const [off1, on1] = cold.map((t) => summarize(coldResults, t)) as [Summary, Summary];
+  const coldSessions = coldResults.filter((r) => r.target.key === 'cold').reduce((a, r) => a + r.succeededTotal, 0);
+  const requestsCold = responder.requests() - requestsWarm;
+  lines.push(`cert + OCSP: cold cache adds p50 ${fmt(on1.p50 - off1.p50, 1)} ms, p99 ${fmt(on1.p99 - off1.p99, 1)} ms per session ` +
+    `(p50 ${fmt(on1.p50, 1)} vs ${fmt(off1.p50, 1)} ms, p99 ${fmt(on1.p99, 1)} vs ${fmt(off1.p99, 1)} ms at ${ocspClients} clients; ` +
+    `${requestsCold} responder requests for ${coldSessions} sessions); server-side CPU per session ${fmt(on1.serverCpu, 2)} vs ${fmt(off1.serverCpu, 2)} ms`);
+  for (const l of lines) console.log('  ' + l.trim());
+  return { lines, noise: [on, off, on1, off1] };
 }
 
 /**
