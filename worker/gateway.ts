@@ -14,8 +14,8 @@ import { WorkerMetrics } from './metrics.ts';
 import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
-import { checkRevocation, type RevocationSettings } from '../shared/pki/revocation.ts';
-import type { RevocationCheck, SessionDeps } from './smtp/session.ts';
+import { checkRevocation, type RevocationDecision, type RevocationSettings } from '../shared/pki/revocation.ts';
+import type { SessionDeps } from './smtp/session.ts';
 import type { ListenerRuntime } from './smtp/runtime.ts';
 import type { GatewayServer } from './smtp/adapter.ts';
 import type { X509Certificate } from 'node:crypto';
@@ -89,9 +89,7 @@ export class Gateway {
       directory: (name) => this.directories.get(name),
       revocation: (chain) => this.revocation(chain, 'inboundSmtpTls'),
       checkNextHop: async (chain) => {
-        const settings = this.revocationSettings;
-        if (!settings) return null;
-        const decision = await checkRevocation({ crls: o.crls ?? null, ocsp: this.ocsp }, chain, 'outboundSmtpTls', settings);
+        const decision = await this.revocation(chain, 'outboundSmtpTls');
         if (decision.refuse) o.logger.warn({ detail: decision.detail, reason: decision.refuse }, 'next hop certificate refused');
         else if (decision.unverified) o.logger.warn({ detail: decision.detail }, 'next hop certificate accepted without a revocation status');
         return decision.refuse;
@@ -222,11 +220,12 @@ export class Gateway {
     void closed.then(() => this.draining.delete(closed));
   }
 
-  /** §2.6: inboundSmtpTls checks client certificates, outboundSmtpTls the next hop's. */
-  private revocation(chain: X509Certificate[], which: 'inboundSmtpTls' | 'outboundSmtpTls'): RevocationCheck {
-    const settings = this.revocationSettings?.crlSettings;
-    if (!settings?.[which]) return { status: 'disabled' };
-    return this.o.crls?.check(chain, new Date(), settings) ?? { status: 'unchecked' };
+  /** §2.6 and §2.6b: inboundSmtpTls checks client certificates, outboundSmtpTls the next hop's. */
+  private async revocation(chain: X509Certificate[], which: 'inboundSmtpTls' | 'outboundSmtpTls'): Promise<RevocationDecision> {
+    const settings = this.revocationSettings;
+    // No listener runs before the first configuration; should anything ask, it fails closed.
+    if (!settings) return { refuse: 'revocation-unavailable', detail: 'no configuration applied yet', unverified: false };
+    return checkRevocation({ crls: this.o.crls ?? null, ocsp: this.ocsp }, chain, which, settings);
   }
 
   status(): WorkerStatus {

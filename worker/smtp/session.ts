@@ -14,7 +14,7 @@ import {
 import type { LdapAuthProfile, NewSessionEvent } from '../../shared/config/schemas.ts';
 import { certificateFacts, type CertificateFacts } from '../../shared/pki/certificate.ts';
 import { verifiedChain, verifyFailure } from '../../shared/pki/verify.ts';
-import type { RevocationVerdict } from '../../shared/pki/crl/store.ts';
+import type { RevocationDecision } from '../../shared/pki/revocation.ts';
 import { certificateTokenValues, type TokenValues } from '../../shared/directory/tokens.ts';
 import type { AcceptedConnection, Challenge, Envelope, SessionController } from './adapter.ts';
 import type { ListenerRuntime } from './runtime.ts';
@@ -29,15 +29,13 @@ export interface DirectoryPort {
   lookupCertificate(values: TokenValues): Promise<{ outcome: 'one' | 'none' | 'many' | 'missing-field' | 'directory-unavailable'; userId: string | null; detail?: string }>;
 }
 
-/** What revocation data says of a validated chain (leaf first); `disabled`: inboundSmtpTls is off. */
-export type RevocationCheck = RevocationVerdict | { status: 'disabled' };
-
 export interface SessionDeps {
   workerId: string;
   now(): Date;
   record(event: NewSessionEvent): void;
   directory(ldapProfileName: string): DirectoryPort | null;
-  revocation(chain: X509Certificate[]): RevocationCheck;
+  /** inboundSmtpTls of the CRL and OCSP settings (shared/pki/revocation.ts); waits at most the OCSP timeoutMs. */
+  revocation(chain: X509Certificate[]): Promise<RevocationDecision>;
   /** outboundSmtpTls: null to use the next hop, else why not (e.g. its certificate is revoked). */
   checkNextHop(chain: X509Certificate[]): Promise<string | null>;
   relay(target: NextHopTarget, envelope: { from: string; to: string[]; smtpUtf8: boolean; body8bit: boolean }, prefix: Buffer, message: Readable): Promise<RelayResult>;
@@ -278,9 +276,9 @@ export class Session implements SessionController {
       this.revocationNote = `OpenSSL: ${String(socket.authorizationError)}`;
       return { kind: 'invalid', reason: verifyFailure(socket.authorizationError) };
     }
-    const revocation = this.deps.revocation(verifiedChain(leaf, this.runtime.clientCas));
-    this.revocationNote = REVOCATION_NOTE[revocation.status] ?? ('detail' in revocation ? revocation.detail : null);
-    if (revocation.status === 'revoked' || revocation.status === 'crl-expired') return { kind: 'invalid', reason: revocation.status };
+    const revocation = await this.deps.revocation(verifiedChain(leaf, this.runtime.clientCas));
+    this.revocationNote = revocation.detail;
+    if (revocation.refuse) return { kind: 'invalid', reason: revocation.refuse };
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
     const directory = this.deps.directory(this.state.auth.profile.ldapProfile);
     if (!directory) return { kind: 'valid', directory: { kind: 'unavailable' } };
@@ -310,12 +308,6 @@ export class Session implements SessionController {
     });
   }
 }
-
-const REVOCATION_NOTE: Partial<Record<RevocationCheck['status'], string>> = {
-  unchecked: 'not revocation-checked: no CRL source covers its issuers',
-  disabled: 'not revocation-checked: inboundSmtpTls is off',
-  good: 'revocation-checked: not revoked',
-};
 
 function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertificate']>>): DirectoryMatch {
   switch (found.outcome) {
