@@ -9,118 +9,18 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { parseDocument } from 'yaml';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const COMPOSE_FILE = path.join(ROOT, 'docker-compose.yml');
 
-// ---------------------------------------------------------------- a YAML subset parser
-// Block mappings and sequences, plain/quoted scalars, JSON-style flow sequences, comments:
-// what docker-compose.yml uses. Not a general YAML parser.
+// ---------------------------------------------------------------- reading the document (the yaml package)
 type Yaml = string | number | boolean | null | Yaml[] | { [k: string]: Yaml };
-
-interface Line { indent: number; text: string; no: number }
-
-function stripComment(s: string): string {
-  let quote: string | null = null;
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i];
-    if (quote) {
-      if (c === '\\' && quote === '"') i++;
-      else if (c === quote) quote = null;
-    } else if (c === '"' || c === "'") quote = c;
-    else if (c === '#' && (i === 0 || /\s/.test(s[i - 1]!))) return s.slice(0, i);
-  }
-  return s;
-}
-
-function scalar(raw: string, no: number): Yaml {
-  const s = raw.trim();
-  if (s === '' || s === '~' || s === 'null') return null;
-  if (s === 'true') return true;
-  if (s === 'false') return false;
-  if (/^-?\d+(\.\d+)?$/.test(s)) return Number(s);
-  if (s.startsWith('"') || s.startsWith('[') || s.startsWith('{')) {
-    try {
-      return JSON.parse(s) as Yaml;
-    } catch {
-      throw new Error(`line ${no}: cannot parse ${s}`);
-    }
-  }
-  if (s.startsWith("'")) {
-    if (!s.endsWith("'") || s.length < 2) throw new Error(`line ${no}: unterminated ${s}`);
-    return s.slice(1, -1).replace(/''/g, "'");
-  }
-  return s;
-}
-
-/** `key: value` → [key, value]; null when the line is no mapping entry. */
-function keyValue(text: string): [string, string] | null {
-  const m = /^("(?:[^"\\]|\\.)*"|'[^']*'|[^\s:'"][^:]*?)\s*:(?:\s+(.*))?$/.exec(text);
-  if (!m) return null;
-  const key = m[1]!.startsWith('"') ? (JSON.parse(m[1]!) as string) : m[1]!.replace(/^'|'$/g, '');
-  return [key, m[2] ?? ''];
-}
-
 function parseYaml(source: string): Yaml {
-  const lines: Line[] = [];
-  source.split(/\r?\n/).forEach((l, i) => {
-    if (/^\s*\t/.test(l)) throw new Error(`line ${i + 1}: tab indentation`);
-    const text = stripComment(l).trimEnd();
-    if (text.trim() === '' || text.trim() === '---') return;
-    lines.push({ indent: text.length - text.trimStart().length, text: text.trim(), no: i + 1 });
-  });
-  let pos = 0;
-
-  function block(indent: number): Yaml {
-    const first = lines[pos];
-    if (!first || first.indent < indent) return null;
-    const base = first.indent;
-    if (first.text === '-' || first.text.startsWith('- ')) {
-      const seq: Yaml[] = [];
-      while (pos < lines.length && lines[pos]!.indent === base && (lines[pos]!.text === '-' || lines[pos]!.text.startsWith('- '))) {
-        const line = lines[pos]!;
-        const rest = line.text.slice(1).trim();
-        if (rest === '') {
-          pos++;
-          seq.push(block(base + 1));
-        } else if (keyValue(rest) && !/^["'[{]/.test(rest)) {
-          // "- key: value" starts a mapping whose keys are indented past the dash
-          lines[pos] = { indent: base + 2, text: rest, no: line.no };
-          seq.push(block(base + 2));
-        } else {
-          pos++;
-          seq.push(scalar(rest, line.no));
-        }
-      }
-      return seq;
-    }
-    const map: { [k: string]: Yaml } = {};
-    while (pos < lines.length && lines[pos]!.indent === base) {
-      const line = lines[pos]!;
-      const kv = keyValue(line.text);
-      if (!kv) throw new Error(`line ${line.no}: expected "key: value", got "${line.text}"`);
-      const [key, value] = kv;
-      if (key in map) throw new Error(`line ${line.no}: duplicate key "${key}"`);
-      pos++;
-      if (value.trim() === '') {
-        const next = lines[pos];
-        // a sequence may sit at the same indentation as its key
-        const nested = next && (next.indent > base || (next.indent === base && next.text.startsWith('- ')));
-        map[key] = nested ? block(next.indent) : null;
-      } else {
-        map[key] = scalar(value, line.no);
-      }
-    }
-    if (pos < lines.length && lines[pos]!.indent > base) {
-      throw new Error(`line ${lines[pos]!.no}: unexpected indentation`);
-    }
-    return map;
-  }
-
-  const doc = block(0);
-  if (pos !== lines.length) throw new Error(`line ${lines[pos]!.no}: unexpected content`);
-  return doc;
+  const doc = parseDocument(source, { uniqueKeys: true });
+  if (doc.errors.length > 0) throw new Error(`docker-compose.yml: ${doc.errors.map((e) => e.message).join('; ')}`);
+  return doc.toJS() as Yaml;
 }
 
 function obj(v: Yaml | undefined, what: string): { [k: string]: Yaml } {
@@ -168,34 +68,6 @@ async function composeConfig(c: { cmd: string; pre: string[] }, file: string): P
 }
 
 // ---------------------------------------------------------------- tests
-test('the YAML subset parser reads what it claims to', () => {
-  const doc = parseYaml(
-    [
-      'a: 1 # comment',
-      'b:',
-      '  c: "x # not a comment"',
-      '  d: [ "e", "f\\"g" ]',
-      '  list:',
-      '  - one',
-      '  - "two"',
-      'h:',
-      '  - k: v',
-      '    l: w',
-      "i: 'it''s'",
-      'j:',
-    ].join('\n'),
-  );
-  assert.deepEqual(doc, {
-    a: 1,
-    b: { c: 'x # not a comment', d: ['e', 'f"g'], list: ['one', 'two'] },
-    h: [{ k: 'v', l: 'w' }],
-    i: "it's",
-    j: null,
-  });
-  assert.throws(() => parseYaml('a: 1\n  b: 2\n'), /unexpected indentation/);
-  assert.throws(() => parseYaml('a: 1\na: 2\n'), /duplicate key/);
-});
-
 test('docker-compose.yml: services redis, ldap, api, worker as documented', async () => {
   const doc = obj(parseYaml(await readFile(COMPOSE_FILE, 'utf8')), 'the document');
   const services = obj(doc.services, 'services');
@@ -248,7 +120,7 @@ test('docker compose config -q accepts docker-compose.yml (when a compose client
   if ('missing' in c) {
     const dockerOnPath = await run('docker', ['--version']).then((r) => r.stdout.trim(), () => 'absent');
     t.diagnostic(`no compose client, only the structural checks ran (docker: ${dockerOnPath}; ${c.missing})`);
-    // Still assert what can be: the file parses as the YAML subset above and names the services.
+    // Still assert what can be: the file parses as YAML and names the services.
     const doc = obj(parseYaml(await readFile(COMPOSE_FILE, 'utf8')), 'the document');
     assert.deepEqual(Object.keys(obj(doc.services, 'services')).sort(), ['api', 'ldap', 'redis', 'worker']);
     return;
