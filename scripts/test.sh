@@ -88,7 +88,7 @@ cleanup() {
     if [ -n "$left" ]; then kill -KILL $left 2>/dev/null || true; fi
   fi
   if [ -n "$runner_pgid" ]; then kill -KILL -- "-$runner_pgid" 2>/dev/null || true; fi
-  rm -rf "$CERTGATE_TEST_PIDS_DIR"
+  rm -rf "$CERTGATE_TEST_PIDS_DIR" "${failures_file:-}"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -118,15 +118,25 @@ if [ ${#files[@]} -eq 0 ]; then
   exit 1
 fi
 
-say "running ${#files[@]} test files: ${files[*]}"
+failures_file=$(mktemp "${TMPDIR:-/tmp}/certgate-test-failures.XXXXXX")
+# Files run side by side (TEST_CONCURRENCY, default 2); those sharing a fixed resource (Samba's ports,
+# the demo's) serialise themselves with flock. No test depends on timing, so a busy machine only slows it.
+say "running ${#files[@]} test files, ${TEST_CONCURRENCY:-2} at a time: ${files[*]}"
 start=$(date +%s)
 timeout --kill-after=30 "${TEST_TOTAL_TIMEOUT:-5100}" \
-  node --import tsx --test --test-concurrency=1 --test-timeout=600000 "${files[@]}" </dev/null &
+  node --import tsx --test --test-concurrency="${TEST_CONCURRENCY:-2}" --test-timeout=600000 \
+  --test-reporter=tap --test-reporter-destination=stdout \
+  --test-reporter=./scripts/failures-reporter.mjs --test-reporter-destination="$failures_file" \
+  "${files[@]}" </dev/null &
 runner_pgid=$!
 wait "$runner_pgid"
 test_rc=$?
 say "test runner exited $test_rc after $(($(date +%s) - start)) s"
 if [ "$test_rc" -eq 124 ]; then say "test runner stopped: over TEST_TOTAL_TIMEOUT=${TEST_TOTAL_TIMEOUT:-5100} s"; fi
+if [ -s "$failures_file" ]; then
+  say "failing tests ($(wc -l <"$failures_file")):"
+  sed 's/^/test.sh:   /' "$failures_file"
+fi
 
 if [ "$test_rc" -ne 0 ]; then exit "$test_rc"; fi
 if [ "$static_failed" -ne 0 ]; then
