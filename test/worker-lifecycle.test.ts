@@ -3,10 +3,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { startSystem, type System } from './helpers/system.ts';
 import { python, smtplib, swaks } from './helpers/smtp-clients.ts';
 import { freePort, waitForPort } from './helpers/ports.ts';
 import { listener } from './fixtures/deployments.ts';
+import { eventually } from './helpers/wait.ts';
 
 let sys: System;
 const open = { name: 'OPEN', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: false, smtpAuthRequiresTls: false, maxMessageBytes: 64 * 1024 * 1024, maxRecipients: 10 };
@@ -124,22 +129,29 @@ describe('worker lifecycle', () => {
     test('SIGTERM drains: a session in flight finishes, new connections are refused, the worker exits 0', async () => {
       const extra = await sys.startWorker();
       const p = port + extra.offset;
-      // A session that is open (EHLO done) when SIGTERM arrives, and sends its message a second later.
-      const inFlight = python<number>(
-        'import smtplib,sys,time,json; s=smtplib.SMTP("127.0.0.1", int(sys.argv[1])); s.ehlo("c.example"); time.sleep(1.0); s.sendmail("a@example.com", ["b@example.com"], b"Subject: drain\\r\\n\\r\\nx\\r\\n"); s.quit(); print(json.dumps(250))',
-        [String(p)],
-      );
-      await new Promise((r) => setTimeout(r, 400));
-      const exited = new Promise<number | null>((r) => extra.child.once('exit', (code) => r(code)));
-      extra.child.kill('SIGTERM');
-      await new Promise((r) => setTimeout(r, 200));
-      const during = await swaks(['--server', `127.0.0.1:${p}`, '--quit-after', 'CONNECT']);
-      assert.equal(during.replies.length, 0, `accepted a new session while draining: ${during.transcript}`);
-      assert.equal(await inFlight, 250);
-      assert.equal(await exited, 0);
-      sys.workers.splice(sys.workers.indexOf(extra), 1);
-      const refused = await swaks(['--server', `127.0.0.1:${p}`, '--quit-after', 'CONNECT']);
-      assert.equal(refused.replies.length, 0, refused.transcript);
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'certgate-drain-'));
+      try {
+        // A session that has done EHLO when SIGTERM arrives, and sends its message only once told to.
+        const inFlight = python<number>(
+          'import smtplib,sys,time,json,os; d=sys.argv[2]; s=smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60); s.ehlo("c.example"); open(os.path.join(d,"ehlo"),"w").close()\n' +
+          'for _ in range(600):\n  if os.path.exists(os.path.join(d,"go")): break\n  time.sleep(0.05)\n' +
+          's.sendmail("a@example.com", ["b@example.com"], b"Subject: drain\\r\\n\\r\\nx\\r\\n"); s.quit(); print(json.dumps(250))',
+          [String(p), dir],
+        );
+        await eventually(() => existsSync(path.join(dir, 'ehlo')), 30_000, 'the session to be open');
+        const exited = new Promise<number | null>((r) => extra.child.once('exit', (code) => r(code)));
+        extra.child.kill('SIGTERM');
+        // Draining closes the listening socket: a new client soon finds nobody answering.
+        await eventually(async () => (await swaks(['--server', `127.0.0.1:${p}`, '--quit-after', 'CONNECT'])).replies.length === 0, 20_000, 'new connections to be refused');
+        await writeFile(path.join(dir, 'go'), '');
+        assert.equal(await inFlight, 250, 'the session in flight relayed its message');
+        assert.equal(await exited, 0);
+        sys.workers.splice(sys.workers.indexOf(extra), 1);
+        const refused = await swaks(['--server', `127.0.0.1:${p}`, '--quit-after', 'CONNECT']);
+        assert.equal(refused.replies.length, 0, refused.transcript);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     });
   });
 });
