@@ -746,18 +746,29 @@ async function benchOcsp(
     await sys.api.ok('PUT', '/v1/ocsp-settings', DEFAULT_OCSP_SETTINGS);
     await sys.settled(10_000);
   };
+  /** The worker's OCSP counters (cache hits by cache, responder requests), to say where warm answers came from. */
+  const counters = async (): Promise<Record<string, number>> => {
+    const text = await fetchText(ctx.metricsUrl).catch(() => '');
+    const out: Record<string, number> = {};
+    for (const m of text.matchAll(/^certgate_ocsp_(cache_hits|requests)_total\{(?:cache|result)="([^"]+)"\} (\S+)$/gm)) out[`${m[1]}:${m[2]}`] = Number(m[3]);
+    return out;
+  };
+  const delta = (a: Record<string, number>, b: Record<string, number>): string =>
+    Object.keys(b).map((k) => `${k} ${b[k]! - (a[k] ?? 0)}`).join(', ') || 'none';
   const target = (key: string, label: string, before: () => Promise<void>): Target => ({ key, label, kind: 'smtp', port: o.port, serverCpu: o.workerCpu, certgate: true, before });
   const lines: string[] = [];
 
   console.log(`
 cert + OCSP: certgate with OCSP off against OCSP on, warm cache (${CARD_COUNT} cards, ${clients} clients; openssl ocsp responder on 127.0.0.1)`);
   const warm = [target('off', 'certgate, OCSP off', ocspOff), target('warm', 'certgate, OCSP on (warm cache)', ocspOn(3600))];
+  const countersBefore = await counters();
   const warmResults = await runScenario(ctx, 'cert + OCSP warm', warm, o.base);
+  const countersWarm = await counters();
   const [off, on] = warm.map((t) => summarize(warmResults, t)) as [Summary, Summary];
   const requestsWarm = responder.requests();
   lines.push(`cert + OCSP: warm cache ${fmt(on.rate)} sessions/s (p50 ${fmt(on.p50, 0)} ms, p99 ${fmt(on.p99, 0)} ms) vs OCSP off ${fmt(off.rate)}/s ` +
     `(p50 ${fmt(off.p50, 0)} ms, p99 ${fmt(off.p99, 0)} ms) → ${ratioText(warmResults, 'warm', 'off', on, off, 0.95)}; ` +
-    `responder requests ${requestsWarm} for ${CARD_COUNT} cards over ${rounds} warm runs`);
+    `responder requests ${requestsWarm} for ${CARD_COUNT} cards over ${rounds} warm runs (worker counters: ${delta(countersBefore, countersWarm)})`);
   lines.push(`  ${cpuLine([on, off])}`);
 
   console.log(`
@@ -771,7 +782,8 @@ cert + OCSP: the latency a cold cache adds (maxCacheSeconds 0: every session ask
   const requestsCold = responder.requests() - requestsWarm;
   lines.push(`cert + OCSP: cold cache adds p50 ${fmt(on1.p50 - off1.p50, 1)} ms, p99 ${fmt(on1.p99 - off1.p99, 1)} ms per session ` +
     `(p50 ${fmt(on1.p50, 1)} vs ${fmt(off1.p50, 1)} ms, p99 ${fmt(on1.p99, 1)} vs ${fmt(off1.p99, 1)} ms at ${ocspClients} clients; ` +
-    `${requestsCold} responder requests for ${coldSessions} sessions); server-side CPU per session ${fmt(on1.serverCpu, 2)} vs ${fmt(off1.serverCpu, 2)} ms`);
+    `${requestsCold} responder requests for ${coldSessions} sessions; worker counters: ${delta(countersWarm, await counters())}); ` +
+    `server-side CPU per session ${fmt(on1.serverCpu, 2)} vs ${fmt(off1.serverCpu, 2)} ms`);
   for (const l of lines) console.log('  ' + l.trim());
   return { lines, noise: [on, off, on1, off1] };
 }

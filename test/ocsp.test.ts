@@ -246,6 +246,19 @@ describe('OCSP against openssl ocsp', () => {
     assert.equal(own.requests(), 2);
   });
 
+  test('a lower maxCacheSeconds applies at once to answers already cached (memory and Redis)', async () => {
+    const fresh = await leaf('LOWERED.CACHE.LEAF');
+    const own = await startOcspResponder({ ca: pki.intermediate, entries: [{ serial: fresh.serial }] });
+    responders.push(own);
+    const w1 = checker();
+    assertOutcome(await w1.check(fresh.x509, pki.intermediate.x509, settings({ responderUrl: own.url })), 'good');
+    assertOutcome(await w1.check(fresh.x509, pki.intermediate.x509, settings({ responderUrl: own.url })), 'good', /cached \(memory\)/);
+    assert.equal(own.requests(), 1);
+    assertOutcome(await w1.check(fresh.x509, pki.intermediate.x509, settings({ responderUrl: own.url, maxCacheSeconds: 0 })), 'good', /answered by the issuer via [^,]*$/);
+    assertOutcome(await checker().check(fresh.x509, pki.intermediate.x509, settings({ responderUrl: own.url, maxCacheSeconds: 0 })), 'good', /answered by the issuer via [^,]*$/);
+    assert.equal(own.requests(), 3, 'neither the memory nor the Redis copy served');
+  });
+
   test('the Redis entry lives until nextUpdate, at most maxCacheSeconds after thisUpdate; a revoked one until nextUpdate', async () => {
     const r = newRedis();
     const c = checker({ redis: r });

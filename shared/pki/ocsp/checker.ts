@@ -19,7 +19,8 @@
  *   `unavailable` with its reason, which `onUnavailable` then decides.
  *   Failures are not cached: the next check asks again.
  * - Redis is trusted as for CRLs: a cached answer was verified by the
- *   process that stored it and is not verified again.
+ *   process that stored it and is not verified again. It serves while the
+ *   current `maxCacheSeconds` allows it too (a lower setting applies at once).
  */
 import type { X509Certificate } from 'node:crypto';
 import type { Redis } from 'ioredis';
@@ -127,7 +128,7 @@ export class OcspChecker {
     } catch (e) {
       return unavailable(`certificate cannot be read for OCSP: ${(e as Error).message}`);
     }
-    const remembered = this.remembered(ref.key);
+    const remembered = this.remembered(ref.key, settings.maxCacheSeconds);
     if (remembered) {
       this.o.observer?.cacheHit('memory');
       return { outcome: remembered.status, answer: remembered, from: 'memory' };
@@ -147,14 +148,14 @@ export class OcspChecker {
 
   /** Redis, another process's request, or the responder; by `deadline`. */
   private async ask(leaf: X509Certificate, issuer: X509Certificate, ref: CertRef, url: string, settings: OcspCheckSettings, deadline: number): Promise<OcspResult> {
-    const stored = await this.fromRedis(ref, deadline);
+    const stored = await this.fromRedis(ref, settings.maxCacheSeconds, deadline);
     if (stored) {
       this.o.observer?.cacheHit('redis');
       return { outcome: stored.status, answer: stored, from: 'redis' };
     }
     let lock = await this.takeLock(ref, settings.timeoutMs, deadline);
     if (lock === 'held') {
-      const other = await this.waitForOther(ref, deadline);
+      const other = await this.waitForOther(ref, settings.maxCacheSeconds, deadline);
       if (other) {
         this.o.observer?.cacheHit('redis');
         return { outcome: other.status, answer: other, from: 'redis' };
@@ -201,10 +202,10 @@ export class OcspChecker {
   }
 
   // -------------------------------------------------------------- caches
-  private remembered(key: string): CachedOcspAnswer | null {
+  private remembered(key: string, maxCacheSeconds: number): CachedOcspAnswer | null {
     const entry = this.memory.get(key);
     if (!entry) return null;
-    if (entry.until > Date.now()) return entry;
+    if (servable(entry, maxCacheSeconds)) return entry;
     this.memory.delete(key);
     return null;
   }
@@ -215,7 +216,7 @@ export class OcspChecker {
     this.memory.set(key, answer);
   }
 
-  private async fromRedis(ref: CertRef, deadline: number): Promise<CachedOcspAnswer | null> {
+  private async fromRedis(ref: CertRef, maxCacheSeconds: number, deadline: number): Promise<CachedOcspAnswer | null> {
     const raw = await this.redisCall(deadline, (r) => r.get(ref.key));
     if (typeof raw !== 'string') return null;
     let answer: CachedOcspAnswer;
@@ -224,7 +225,7 @@ export class OcspChecker {
     } catch {
       return null;
     }
-    if (!(answer.until > Date.now())) return null;
+    if (!servable(answer, maxCacheSeconds)) return null;
     this.remember(ref.key, answer);
     return answer;
   }
@@ -237,14 +238,14 @@ export class OcspChecker {
   }
 
   /** The answer another process stores while it holds the lock; null once it let go without one, or at the deadline. */
-  private async waitForOther(ref: CertRef, deadline: number): Promise<CachedOcspAnswer | null> {
+  private async waitForOther(ref: CertRef, maxCacheSeconds: number, deadline: number): Promise<CachedOcspAnswer | null> {
     const lockKey = keys.ocspLock(ref.issuerKeyHash, ref.serial);
     while (Date.now() + WAIT_POLL_MS < deadline) {
       await new Promise((r) => setTimeout(r, WAIT_POLL_MS));
       const got = await this.redisCall(deadline, (r) => r.multi().get(ref.key).exists(lockKey).exec());
       if (!got) return null;
       const [[, raw], [, held]] = got as [[unknown, string | null], [unknown, number]];
-      if (typeof raw === 'string') return this.fromRedis(ref, deadline);
+      if (typeof raw === 'string') return this.fromRedis(ref, maxCacheSeconds, deadline);
       if (held === 0) return null;
     }
     return null;
@@ -267,6 +268,17 @@ export class OcspChecker {
     if (this.trusted.pem !== pem) this.trusted = { pem, certs: pem === null ? [] : parsePemCertificates(pem) };
     return this.trusted.certs;
   }
+}
+
+/**
+ * Whether a cached answer may still serve: before the expiry it was stored with, and within
+ * what the current `maxCacheSeconds` allows (lowering it applies at once to what is cached).
+ */
+function servable(a: CachedOcspAnswer, maxCacheSeconds: number): boolean {
+  const now = Date.now();
+  if (!(a.until > now)) return false;
+  const facts = { status: a.status, thisUpdate: new Date(a.thisUpdate), nextUpdate: a.nextUpdate === null ? null : new Date(a.nextUpdate), reason: a.reason };
+  return cacheUntil(facts, maxCacheSeconds, new Date(now)) !== null;
 }
 
 function certRef(leaf: X509Certificate, issuer: X509Certificate): CertRef {
