@@ -95,7 +95,7 @@ export const LdapProfileTestResult = Type.Object(
     filter: Type.Union([Type.String(), Type.Null()], { description: 'The escaped filter as sent to the directory; null when none was sent (a token the certificate lacks, an empty password)' }),
     outcome: Type.String({ description: 'The directory answer: one, none, many, missing-field, authenticated, invalid-credentials, unknown-user, empty-password, ambiguous, directory-unavailable' }),
     tokens: Type.Union([
-      Type.Object({ cn: TokenValue, sn: TokenValue, s: TokenValue, i: TokenValue, e: TokenValue, upn: TokenValue, fp: TokenValue }),
+      Type.Object({ cn: TokenValue, sn: TokenValue, s: TokenValue, i: TokenValue, e: TokenValue, upn: TokenValue, fp: TokenValue, ir: TokenValue, sr: TokenValue, ski: TokenValue }),
       Type.Null(),
     ], { description: 'certificate: the query tokens as read from the certificate (before escaping)' }),
     allowFilter: Type.Union([Type.String(), Type.Null()], { description: 'smtpAuth: the escaped allowance filter' }),

@@ -461,7 +461,7 @@ export interface components {
             certificateQuery: {
                 /** @description Resource name */
                 name: string;
-                /** @description RFC 4515 filter with {cn} {sn} {s} {i} {e} {upn} {fp} tokens */
+                /** @description RFC 4515 filter with {cn} {sn} {s} {i} {e} {upn} {fp} {ir} {sr} {ski} {t} tokens */
                 query: string;
                 /** @default uid */
                 userIdAttribute: string;
@@ -954,6 +954,9 @@ export interface components {
                 e: string | null;
                 upn: string | null;
                 fp: string | null;
+                ir: string | null;
+                sr: string | null;
+                ski: string | null;
             } | null;
             /** @description smtpAuth: the escaped allowance filter */
             allowFilter: string | null;

@@ -128,6 +128,11 @@ describe('x509', () => {
     });
 
     test('tokenValues maps the facts to the SPEC 2.2 tokens', async () => {
+      /** The subject key identifier as `openssl x509 -ext subjectKeyIdentifier` prints it, without colons. */
+      const opensslSki = async (certPath: string): Promise<string> => {
+        const { stdout } = await execFileAsync('openssl', ['x509', '-in', certPath, '-noout', '-ext', 'subjectKeyIdentifier']);
+        return (stdout.trim().split('\n').at(-1) ?? '').replace(/[\s:]/g, '');
+      };
       const c = await pki.client({ serial: '0A1B', issuer: 'intermediate' });
       const f = certificateFacts(c.x509);
       assert.deepEqual(certificateTokenValues(f), {
@@ -138,12 +143,26 @@ describe('x509', () => {
         e: 'first.last@example.mil',
         upn: '1234567890@mil',
         fp: f.fingerprint,
+        ir: 'C=US,O=certgate test,CN=Test Intermediate CA',
+        sr: '1B0A',
+        ski: await opensslSki(c.certPath),
       });
+      assert.match(f.subjectKeyId ?? '', /^[0-9A-F]{40}$/);
       assert.match(f.fingerprint, /^[0-9A-F]{64}$/);
       const bare = certificateTokenValues(certificateFacts((await pki.client({ cn: null, email: null, upn: null })).x509));
       assert.equal(bare.cn, null);
       assert.equal(bare.e, null);
       assert.equal(bare.upn, null);
+    });
+
+    test('{ir} reverses the RDNs, {sr} the serial bytes (a DER sign byte stays dropped)', async () => {
+      const c = await pki.client({ serial: '80FF01', issuer: 'intermediate' });
+      const t = certificateTokenValues(certificateFacts(c.x509));
+      assert.equal(t.sn, '80FF01');
+      assert.equal(t.sr, '01FF80');
+      assert.equal(t.ir, t.i?.split(',').reverse().join(','));
+      const root = certificateTokenValues(certificateFacts(pki.root.x509));
+      assert.equal(root.ir, root.i?.split(',').reverse().join(','));
     });
 
     test('a Buffer that is not a certificate throws', () => {

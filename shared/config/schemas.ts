@@ -21,7 +21,7 @@ const SecretSet = (description: string) => Type.Optional(Type.Boolean({ descript
 export const CertificateQuery = Type.Object(
   {
     name: Name,
-    query: Type.String({ minLength: 3, maxLength: 4096, description: 'RFC 4515 filter with {cn} {sn} {s} {i} {e} {upn} {fp} tokens' }),
+    query: Type.String({ minLength: 3, maxLength: 4096, description: 'RFC 4515 filter with {cn} {sn} {s} {i} {e} {upn} {fp} {ir} {sr} {ski} {t} tokens' }),
     userIdAttribute: Type.String({ pattern: '^[A-Za-z][A-Za-z0-9-]{0,63}$', default: 'uid' }),
   },
   { additionalProperties: false },

@@ -260,6 +260,10 @@ export interface CertificateFacts {
   serial: string;
   subjectDn: string;
   issuerDn: string;
+  /** The issuer's RDNs in reverse (X.500, DER) order, as AD's altSecurityIdentities `X509:<I>` writes them. */
+  issuerDnReversed: string;
+  /** subjectKeyIdentifier, uppercase hex; null without the extension. */
+  subjectKeyId: string | null;
   email: string | null;
   upn: string | null;
   fingerprint: string;
@@ -295,6 +299,8 @@ export function certificateFacts(cert: X509Certificate | Buffer): CertificateFac
     serial: x.serialNumber,
     subjectDn: formatName(der, subject),
     issuerDn: formatName(der, issuer),
+    issuerDnReversed: formatName(der, issuer, 'x500'),
+    subjectKeyId: info.subjectKeyId,
     email: alt.email ?? nameValues(der, subject, OID_EMAIL_ADDRESS)[0] ?? null,
     upn: alt.upn,
     fingerprint: info.fingerprint,

@@ -117,10 +117,13 @@ function nameRdns(buf: Buffer, name: Tlv): Attribute[][] {
  * administrators use to fill directories), the members of a multi-valued RDN
  * are reversed too. Unlike it, non-ASCII characters stay UTF-8 (RFC 4514
  * allows it, and LDAP stores DNs that way) instead of becoming \XX escapes.
+ * With `order` 'x500' the RDNs come in DER order instead (least specific first).
  */
-export function formatName(buf: Buffer, name: Tlv): string {
-  return nameRdns(buf, name)
-    .reverse()
+export function formatName(buf: Buffer, name: Tlv, order: 'rfc4514' | 'x500' = 'rfc4514'): string {
+  const rdns = nameRdns(buf, name);
+  // 'x500': DER order, least specific first, as Active Directory writes `altSecurityIdentities`
+  // (`X509:<I>DC=com,DC=contoso,CN=CONTOSO-CA`); each RDN itself written the same way.
+  return (order === 'rfc4514' ? rdns.reverse() : rdns)
     .map((rdn) =>
       [...rdn]
         .reverse()
