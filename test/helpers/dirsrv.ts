@@ -8,7 +8,8 @@
  * listeners bound to 127.0.0.1 from the very first start. The instance gets a
  * server certificate of our own CA (`caPem`) under the nickname `Server-Cert`,
  * upgrade hashing off (stored password fixtures must not drift) and an
- * unbuffered access log (so tests can read the filters the server got).
+ * unbuffered access log (so tests can read the filters the server got), and
+ * the MemberOf plugin on (so group membership can be queried as `memberOf`).
  *
  * ns-slapd is started by us in the foreground (`-d 0`), its pid recorded and
  * stopped with SIGTERM (it takes a few seconds to exit). Ports are free ports
@@ -150,8 +151,17 @@ async function create(ds: string, port: number, tlsPort: number): Promise<void> 
   // Loopback only, from the very first start (dscreate has no option for the address).
   const template = path.join(ds, 'share', 'dirsrv', 'data', 'template-dse.ldif');
   const dse = await readFile(template, 'utf8');
-  if (!/^nsslapd-port: %ds_port%$/m.test(dse)) throw new Error(`389-ds cannot start: ${template} has no "nsslapd-port: %ds_port%" line to add the listen address after`);
-  await writeFile(template, dse.replace(/^nsslapd-port: %ds_port%$/m, 'nsslapd-port: %ds_port%\nnsslapd-listenhost: 127.0.0.1\nnsslapd-securelistenhost: 127.0.0.1'));
+  const memberOf = /(dn: cn=MemberOf Plugin,cn=plugins,cn=config\n(?:.+\n)*?)nsslapd-pluginenabled: off/i;
+  if (!/^nsslapd-port: %ds_port%$/m.test(dse) || !memberOf.test(dse)) {
+    throw new Error(`389-ds cannot start: ${template} is not the template this helper knows (no "nsslapd-port: %ds_port%" line or no MemberOf Plugin entry)`);
+  }
+  await writeFile(
+    template,
+    dse
+      .replace(/^nsslapd-port: %ds_port%$/m, 'nsslapd-port: %ds_port%\nnsslapd-listenhost: 127.0.0.1\nnsslapd-securelistenhost: 127.0.0.1')
+      // memberOf on groupOfNames members: group-membership queries as AD's `memberOf` (a plugin restart otherwise).
+      .replace(memberOf, '$1nsslapd-pluginenabled: on'),
+  );
   const inf = path.join(ds, 'inst.inf');
   await writeFile(inf, [
     '[general]', 'config_version = 2', 'full_machine_name = localhost', 'strict_host_checking = False', 'selinux = False',
