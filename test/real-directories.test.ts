@@ -53,6 +53,9 @@ async function adUsers(tool: SambaAd['tool']): Promise<void> {
   await tool('user', 'create', 'cdisabled', 'Passw0rd-cdisabled');
   await tool('user', 'disable', 'cdisabled');
   await tool('user', 'create', 'dmust', 'Passw0rd-dmust', '--must-change-at-next-login');
+  // AD's lockout policy: after 5 wrong passwords in 30 minutes, the account is locked for 30 minutes.
+  await tool('domain', 'passwordsettings', 'set', '--account-lockout-threshold=5', '--account-lockout-duration=30', '--reset-account-lockout-after=30');
+  await tool('user', 'create', 'lockme', 'Passw0rd-lockme');
   await tool('group', 'add', 'smtp-users');
   await tool('group', 'addmembers', 'smtp-users', 'asmith,jane,dave,erin');
   await tool('group', 'add', 'all-mail');
@@ -278,6 +281,14 @@ describe('Active Directory (Samba AD DC)', () => {
       return e.length >= 4 ? e : null;
     });
     assert.ok(events.some((e) => e.user === 'cdisabled' && /data 533/.test(e.detail ?? '')), JSON.stringify(events));
+  });
+
+  test('AD’s lockout policy: after 5 wrong passwords the right one gets 535 too, with AD’s data 775', async () => {
+    for (let i = 0; i < 5; i++) assert.equal((await auth('ad', 'lockme', `wrong-${i}`)).body.outcome, 'invalid-credentials');
+    const locked = await auth('ad', 'lockme', 'Passw0rd-lockme');
+    assert.deepEqual([locked.body.matched, locked.body.authenticated], [true, false]);
+    assert.match(locked.body.error ?? '', /invalidCredentials .*data 775/);
+    assert.equal((await smtp('ad', 'lockme', 'Passw0rd-lockme')).replyTo('AUTH')?.code, 535);
   });
 
   test('certificate query by cn and by the altSecurityIdentities strong mapping', async () => {

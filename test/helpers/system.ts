@@ -125,8 +125,12 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     ...opts.apiEnv,
   });
   try {
-    await waitForPort(apiPort, 20_000);
+    // Generous: on a busy machine (other tests provisioning directories) tsx compiling the API takes a while.
+    await waitForPort(apiPort, 60_000);
   } catch (e) {
+    // Stop what was started, or this test process never exits.
+    await apiProc.stop();
+    await Promise.all([sink.stop(), slapd.stop(), pki.cleanup(), redis.stop()]);
     throw new Error(`API did not start: ${(e as Error).message}\n${apiProc.output()}`, { cause: e });
   }
   const api = apiClient(`http://127.0.0.1:${apiPort}`);
@@ -146,7 +150,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       const w: Worker = { ...proc, offset, metricsPort };
       workers.push(w);
       try {
-        await waitForPort(metricsPort, 20_000);
+        await waitForPort(metricsPort, 60_000);
       } catch (e) {
         throw new Error(`worker did not start: ${(e as Error).message}\n${proc.output()}`, { cause: e });
       }
