@@ -2,6 +2,7 @@
 // else. scripts/test.sh runs it beside the usual reporter and prints its lines last, so that the
 // end of a failed run says exactly what failed.
 import path from 'node:path';
+import process from 'node:process';
 
 export default async function* failures(source) {
   const names = []; // the names of the open suites/tests by nesting level

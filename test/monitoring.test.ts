@@ -184,15 +184,17 @@ describe('metrics the monitoring files use', () => {
 
   test('the API exports CRL download state and worker heartbeats from Redis', async () => {
     await api.call('POST', '/v1/crl-sources/unreadable/refresh');
+    const { version } = await api.ok<{ version: number }>('GET', '/v1/config');
+    const versionLine = new RegExp(`^certgate_worker_config_version\\{worker="monitoring-worker"\\} ${version}$`, 'm');
+    // The worker's heartbeat reaches Redis (and so the API) a moment after it applied the version.
     await until('CRL and worker gauges', async () => {
       const { api: a } = await scrape();
-      return /^certgate_crl_download_failing\{source="unreadable"\} 1$/m.test(a) && /^certgate_workers_alive 1$/m.test(a);
+      return /^certgate_crl_download_failing\{source="unreadable"\} 1$/m.test(a) && /^certgate_workers_alive 1$/m.test(a) && versionLine.test(a);
     });
     const { api: a } = await scrape();
     assert.match(a, /^certgate_crl_schedule_interval_seconds\{source="unreadable"\} 600$/m);
     assert.match(a, /^certgate_crl_last_attempt_timestamp_seconds\{source="unreadable"\} \d+(\.\d+)?$/m);
     assert.doesNotMatch(a, /^certgate_crl_this_update_timestamp_seconds\{/m, 'no CRL in force: no thisUpdate series (CertgateCrlMissing fires)');
-    const { version } = await api.ok<{ version: number }>('GET', '/v1/config');
-    assert.match(a, new RegExp(`^certgate_worker_config_version\\{worker="monitoring-worker"\\} ${version}$`, 'm'));
+    assert.match(a, versionLine);
   });
 });
