@@ -796,12 +796,15 @@ export class Directory {
     }
     op.hold(idle);
     if (idle.identity !== 'service') {
+      const startedAt = performance.now();
       try {
         idle.meter.reset();
         idle.identity = 'none';
         await this.bindService(idle.client);
         idle.identity = 'service';
+        this.report('bind', startedAt, true);
       } catch (err) {
+        this.report('bind', startedAt, !isTransportError(err));
         op.letGo(idle);
         this.pool.release(idle, false);
         if (isTransportError(err)) throw new StaleConnectionError(describe(err));
