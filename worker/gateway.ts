@@ -8,6 +8,7 @@ import { keys } from '../shared/redis/keys.ts';
 import type { Listener, VersionedConfig, WorkerStatus } from '../shared/config/schemas.ts';
 import { publishHeartbeat } from '../shared/status/workers.ts';
 import { DirectoryRegistry } from './directories.ts';
+import { sessionLogLine } from './session-log.ts';
 import { buildRuntime } from './smtp/runtime.ts';
 import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
@@ -83,7 +84,9 @@ export class Gateway {
       workerId: o.workerId,
       now: () => new Date(),
       record: (e) => {
-        o.logger.info({ event: e }, 'session event');
+        o.logger.debug({ event: e }, 'session event');
+        const line = sessionLogLine(e);
+        if (line) o.logger.info(line.fields, line.msg);
         recordEvent(this.redis, e).catch((err: Error) => o.logger.warn({ err: err.message }, 'cannot record event'));
       },
       directory: (name) => this.directories.get(name),
