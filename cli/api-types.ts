@@ -640,6 +640,10 @@ export interface components {
                 /** @default null */
                 caPem: string | null;
             };
+            /** @default null */
+            proxyProtocol: {
+                trustedProxies: string[];
+            } | null;
             /**
              * @description Open connections per worker process; the next gets 421 4.3.2 (checked before any TLS handshake)
              * @default 1000

@@ -45,7 +45,7 @@ const CASES: Case[] = [
     create: bodies.listener('lis1', 2701),
     replace: { ...bodies.listener('lis1', 2702), name: undefined },
     changed: ['port', 2702],
-    defaults: { implicitTls: false, tls: null, smtpAuthProfile: null, senderGroups: [], acceptedDomains: [], maxConnections: 1000, idleTimeoutSeconds: 300, enabled: true },
+    defaults: { implicitTls: false, tls: null, smtpAuthProfile: null, senderGroups: [], acceptedDomains: [], proxyProtocol: null, maxConnections: 1000, idleTimeoutSeconds: 300, enabled: true },
   },
   {
     path: 'crl-sources',

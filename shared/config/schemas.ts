@@ -190,6 +190,19 @@ export const NextHop = Type.Object(
   { additionalProperties: false },
 );
 
+export const ProxyProtocol = Type.Object(
+  {
+    trustedProxies: Type.Array(
+      Type.String({ minLength: 2, maxLength: 64, description: 'IPv4 or IPv6 CIDR of a load balancer allowed to connect and send the header' }),
+      { minItems: 1, maxItems: 1000 },
+    ),
+  },
+  {
+    additionalProperties: false,
+    description: 'Every connection must come from a trusted proxy and begin with a PROXY protocol header (v1 or v2); its address is the client address',
+  },
+);
+
 export const Listener = Type.Object(
   {
     name: Name,
@@ -203,6 +216,7 @@ export const Listener = Type.Object(
     defaultPolicy: Name,
     acceptedDomains: Type.Array(Type.String({ minLength: 1, maxLength: 253, pattern: '^[A-Za-z0-9.-]+$' }), { maxItems: 10_000, default: [] }),
     nextHop: NextHop,
+    proxyProtocol: Type.Union([ProxyProtocol, Type.Null()], { default: null }),
     maxConnections: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Open connections per worker process; the next gets 421 4.3.2 (checked before any TLS handshake)' }),
     idleTimeoutSeconds: Type.Integer({
       minimum: 1, maximum: 3600, default: 300,

@@ -216,6 +216,14 @@ class Validator {
       });
     });
 
+    l.proxyProtocol?.trustedProxies.forEach((cidr, j) => {
+      try {
+        parseCidr(cidr);
+      } catch (err) {
+        this.add(`${at}/proxyProtocol/trustedProxies/${j}`, (err as Error).message);
+      }
+    });
+
     const policies = policiesOf(l).flatMap((n) => this.policies.get(n) ?? []);
     const tlsPolicy = policies.find((p) => p.tls !== 'off');
     const tlsReason = l.implicitTls ? 'implicitTls' : tlsPolicy && `mail flow policy "${tlsPolicy.name}" (tls: ${tlsPolicy.tls})`;
