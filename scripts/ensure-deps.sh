@@ -49,6 +49,7 @@ TEST_PACKAGES=(
   samba-dsdb-modules
   389-ds-base          # 389 Directory Server (test/helpers/dirsrv.ts)
   libnss3-tools        # certutil, pk12util: the 389-ds server certificate
+  haproxy              # a real TCP balancer sending the PROXY protocol (v1 and v2)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -151,6 +152,7 @@ EOF
         stop_system_service smbd /run/samba/smbd.pid
         stop_system_service nmbd /run/samba/nmbd.pid
         ;;
+      haproxy) stop_system_service haproxy /run/haproxy.pid ;;
     esac
   done
 fi
