@@ -17,8 +17,9 @@ const COMPOSE_FILE = path.join(ROOT, 'docker-compose.yml');
 
 // ---------------------------------------------------------------- reading the document (the yaml package)
 type Yaml = string | number | boolean | null | Yaml[] | { [k: string]: Yaml };
+/** docker-compose.yml as compose reads it (YAML 1.1 merge keys included). */
 function parseYaml(source: string): Yaml {
-  const doc = parseDocument(source, { uniqueKeys: true });
+  const doc = parseDocument(source, { uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) throw new Error(`docker-compose.yml: ${doc.errors.map((e) => e.message).join('; ')}`);
   return doc.toJS() as Yaml;
 }
@@ -122,7 +123,7 @@ test('docker compose config -q accepts docker-compose.yml (when a compose client
     t.diagnostic(`no compose client, only the structural checks ran (docker: ${dockerOnPath}; ${c.missing})`);
     // Still assert what can be: the file parses as YAML and names the services.
     const doc = obj(parseYaml(await readFile(COMPOSE_FILE, 'utf8')), 'the document');
-    assert.deepEqual(Object.keys(obj(doc.services, 'services')).sort(), ['api', 'ldap', 'redis', 'worker']);
+    assert.deepEqual(Object.keys(obj(doc.services, 'services')).sort(), ['api', 'haproxy', 'ldap', 'redis', 'redis-replica', 'sentinel-1', 'sentinel-2', 'sentinel-3', 'worker']);
     return;
   }
   t.diagnostic(`compose client: ${[c.cmd, ...c.pre].join(' ')} (${c.version})`);
