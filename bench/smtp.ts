@@ -1,7 +1,7 @@
 /**
  * SMTP throughput benchmark: certgate's worker against bare references, on 127.0.0.1.
  *
- *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|all]
+ *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|proxy|all]
  *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--users 64]
  *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
  *                         [--ocsp-clients 2] [--profile] [--help]
@@ -21,6 +21,11 @@
  *   requestCert + STARTTLS + relay, and Postfix 3.7 in certificate-only mode (bench/lib/postfix.ts:
  *   a private instance relaying to the same sink; it queues before its 250, so each Postfix run
  *   ends by draining its queue, outside the measured window). --postfix off leaves it out.
+ *
+ * - proxy: the auth session against two listeners of the same worker, one with proxyProtocol
+ *   (the load generator begins each connection with a PROXY v2 header naming its own endpoints,
+ *   as HAProxy send-proxy-v2 does), one without; their ratio is the cost of the header path
+ *   (trust check, header read with its deadline, the rest handed back to TLS/SMTP; target ≥ 0.97).
  *
  * Targets (issue 12), printed with their verdicts: cert: certgate >= 1.0 x the bare smtp-server
  * relay and >= 1.2 x Postfix, server-side CPU per session (the server's processes with slapd,
@@ -117,8 +122,8 @@ if (!(Number.isInteger(rounds) && rounds >= 1 && rounds <= 9)) throw new Error('
 if (!(warmup >= 0 && warmup <= 30)) throw new Error('--warmup: 0..30 s');
 if (!(Number.isInteger(userCount) && userCount >= 1 && userCount <= 10_000)) throw new Error('--users: 1..10000');
 if (clientKey !== 'rsa' && clientKey !== 'ec') throw new Error('--client-key: rsa or ec');
-if (scenarioArg !== 'auth' && scenarioArg !== 'cert' && scenarioArg !== 'all') throw new Error('--scenario: auth, cert or all');
-const scenarios: Array<'auth' | 'cert'> = scenarioArg === 'all' ? ['auth', 'cert'] : [scenarioArg];
+if (scenarioArg !== 'auth' && scenarioArg !== 'cert' && scenarioArg !== 'proxy' && scenarioArg !== 'all') throw new Error('--scenario: auth, cert, proxy or all');
+const scenarios: Array<'auth' | 'cert' | 'proxy'> = scenarioArg === 'all' ? ['auth', 'cert', 'proxy'] : [scenarioArg];
 const keyType: 'rsa' | 'ec' = clientKey === 'ec' ? 'ec' : 'rsa';
 
 /** Set by SIGINT/SIGTERM: main stops at its next checkpoint and stops everything it started. */
@@ -258,6 +263,8 @@ interface Target {
   before?: () => Promise<void>;
   /** Runs after the measured window, before the next run (Postfix: drain its queue). */
   after?: () => Promise<void>;
+  /** Sessions begin with a PROXY protocol v2 header. */
+  proxyHeader?: boolean;
 }
 
 interface CpuSnapshot {
@@ -324,7 +331,7 @@ async function measure(ctx: Context, target: Target, base: Omit<LoadSpec, 'kind'
   const sinkBefore = ctx.sys.sink.messages.length;
   let start: Promise<CpuSnapshot> | null = null;
   let end: Promise<CpuSnapshot> | null = null;
-  const res = await ctx.load.run({ ...base, kind: target.kind, port: target.port }, (edge) => {
+  const res = await ctx.load.run({ ...base, kind: target.kind, port: target.port, proxyHeader: target.proxyHeader }, (edge) => {
     if (edge === 'start') start = snapshot(ctx, target);
     else end = snapshot(ctx, target);
   });
@@ -502,7 +509,7 @@ async function redisPid(url: string): Promise<number | undefined> {
 
 async function main(): Promise<void> {
   const startedAt = Date.now();
-  const perScenarioRuns = { auth: 3, cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0) };
+  const perScenarioRuns = { auth: 3, cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0), proxy: 2 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
     `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
@@ -575,6 +582,7 @@ async function main(): Promise<void> {
     const portB = await freePort();
     const portA = await freePort();
     const portBOpen = await freePort();
+    const portBProxy = await freePort();
     const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
     await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
     await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
@@ -593,6 +601,11 @@ async function main(): Promise<void> {
     await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true, maxConnectionsPerClient: null });
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b', port: portB, authProfile: 'ldap-auth', policy: 'RELAYED-B', tls: { ...serverTls, clientCaPem: null } }));
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b-open', port: portBOpen, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }));
+    // The same listener behind a balancer: every connection from 127.0.0.1 begins with a PROXY v2 header.
+    await sys.api.ok('POST', '/v1/listeners', {
+      ...listener(sys, { name: 'submission-b-proxy', port: portBProxy, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }),
+      proxyProtocol: { trustedProxies: [`${HOST}/32`] },
+    });
     await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
     await sys.settled(10_000);
 
@@ -707,6 +720,25 @@ async function main(): Promise<void> {
         summaries.push(...ocsp.lines);
         noise.push(...ocsp.noise);
       }
+    }
+
+    if (scenarios.includes('proxy')) {
+      console.log('\nproxy: the auth session (no AUTH throttle) on one listener without and one with proxyProtocol (each session begins with a PROXY v2 header)');
+      const targets: Target[] = [
+        { key: 'cg-open', label: 'certgate (B, no PROXY header)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
+        { key: 'cg-proxy', label: 'certgate (B, PROXY v2 header)', kind: 'smtp', port: portBProxy + worker.offset, serverCpu: workerCpu, certgate: true, proxyHeader: true },
+      ];
+      const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
+      const results = await runScenario(ctx, 'proxy', targets, spec);
+      count(served, results);
+      const [plain, proxied] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
+      const line = `proxy: with vs without the PROXY header path ${fmt(proxied.rate)} vs ${fmt(plain.rate)} sessions/s ` +
+        `(p50 ${fmt(proxied.p50, 0)} vs ${fmt(plain.p50, 0)} ms) → ${ratioText(results, 'cg-proxy', 'cg-open', proxied, plain, 0.97)}`;
+      console.log('  ' + line);
+      console.log(`  ${cpuLine([proxied, plain])}`);
+      summaries.push(line, `  ${cpuLine([proxied, plain])}`);
+      noise.push(proxied, plain);
+      printHead(results);
     }
 
     console.log('\nsummary');

@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SocketAddress } from 'node:net';
 import {
-  crc32c, parseProxyHeader, ProxyHeaderReader, V1_MAX_BYTES, V2_MAX_BYTES, type ProxyHeader, type ProxyParse,
+  crc32c, parseProxyHeader, proxiedClient, ProxyHeaderReader, V1_MAX_BYTES, V2_MAX_BYTES, type ProxyHeader, type ProxyParse,
 } from '../worker/smtp/proxy-protocol.ts';
 
 const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
@@ -227,6 +227,16 @@ describe('version 2', () => {
     expectInvalid(parseProxyHeader(Buffer.concat([SIGNATURE, Buffer.from([0x10])])), /version 1/, 'a wrong version at byte 13');
     assert.equal(parseProxyHeader(Buffer.concat([SIGNATURE, Buffer.from([0x21])])).state, 'incomplete', 'a right version at byte 13');
   });
+});
+
+test('proxiedClient: the header\'s source, or for LOCAL/UNKNOWN the connection\'s own peer', () => {
+  const peer = { address: '10.0.0.5', port: 50000 };
+  const proxied = parseProxyHeader(ascii('PROXY TCP4 192.0.2.7 198.51.100.1 40000 587\r\n'));
+  assert.deepEqual(proxied.state === 'header' && proxiedClient(proxied.header, peer), { address: '192.0.2.7', port: 40000 });
+  for (const local of [ascii('PROXY UNKNOWN\r\n'), v2(0x20, 0x00, Buffer.alloc(0)), v2(0x21, 0x31, Buffer.alloc(216))]) {
+    const r = parseProxyHeader(local);
+    assert.deepEqual(r.state === 'header' && proxiedClient(r.header, peer), peer, local.toString('hex'));
+  }
 });
 
 describe('incremental', () => {

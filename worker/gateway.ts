@@ -183,6 +183,11 @@ export class Gateway {
       runtime: () => ref.current,
       deps: this.deps,
       onError: (err) => this.o.logger.debug({ err: err.message, listener: listener.name }, 'smtp error'),
+      onRefused: (name, refused) => {
+        this.o.metrics.proxyRejected.inc({ listener: name, reason: refused.reason });
+        const silent = refused.reason === 'closed' && refused.bytesReceived === 0;
+        this.o.logger[silent ? 'debug' : 'info']({ listener: name, peer: refused.peerAddress, reason: refused.reason, detail: refused.detail }, 'connection closed before its session (PROXY protocol)');
+      },
     });
     const entry: RunningListener = {
       server,

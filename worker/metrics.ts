@@ -8,6 +8,12 @@ export class WorkerMetrics {
   readonly registry = new Registry();
   readonly sessions = new Counter({ name: 'certgate_smtp_sessions_total', help: 'SMTP sessions accepted', labelNames: ['listener'], registers: [this.registry] });
   readonly activeSessions = new Gauge({ name: 'certgate_smtp_sessions_active', help: 'SMTP sessions open now', registers: [this.registry] });
+  readonly proxyRejected = new Counter({
+    name: 'certgate_proxy_protocol_rejected_total',
+    help: 'Connections to listeners with proxyProtocol closed without a greeting: untrusted peer, or no valid PROXY header in time',
+    labelNames: ['listener', 'reason'],
+    registers: [this.registry],
+  });
   readonly auth = new Counter({ name: 'certgate_auth_total', help: 'Authentication decisions', labelNames: ['method', 'outcome', 'reason'], registers: [this.registry] });
   /** §2.4 authFailureThrottle: AUTH commands refused with 454 before the directory was asked, by the count that refused them. */
   readonly authThrottled = new Counter({

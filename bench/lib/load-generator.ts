@@ -24,6 +24,8 @@ export interface LoadSpec {
   from: string;
   to: string;
   message: string;
+  /** Each SMTP session begins with a PROXY protocol v2 header (a listener behind a balancer). */
+  proxyHeader?: boolean;
 }
 
 export interface LoadResult {
@@ -102,7 +104,7 @@ export async function runLoad(spec: LoadSpec, notify: (m: ChildMessage) => void 
     }
     return smtpSession({
       host: spec.host, port: spec.port, cert: cert?.cert, key: cert?.key, auth: user,
-      from: spec.from, to: spec.to, message, timeoutMs: spec.sessionTimeoutMs,
+      from: spec.from, to: spec.to, message, timeoutMs: spec.sessionTimeoutMs, proxyHeader: spec.proxyHeader,
     });
   };
 

@@ -5,6 +5,7 @@
 // spends its CPU on TLS, not on the client library.
 import net from 'node:net';
 import tls from 'node:tls';
+import { proxyHeaderV2 } from '../../test/helpers/proxy-header.ts';
 
 export interface Reply {
   code: number;
@@ -24,6 +25,8 @@ export interface SmtpSessionOptions {
   message: Buffer;
   /** The whole session must finish within this many ms. */
   timeoutMs: number;
+  /** Begin with a PROXY protocol v2 header naming this connection's own endpoints, as HAProxy `send-proxy-v2` does. */
+  proxyHeader?: boolean;
 }
 
 export class SmtpStepError extends Error {
@@ -109,6 +112,10 @@ export async function smtpSession(o: SmtpSessionOptions): Promise<void> {
   const reader = new ReplyReader();
   let socket: net.Socket = net.connect({ host: o.host, port: o.port });
   socket.setNoDelay(true);
+  if (o.proxyHeader) {
+    const s = socket;
+    s.once('connect', () => s.write(proxyHeaderV2({ address: s.localAddress ?? '', port: s.localPort ?? 0 }, { address: s.remoteAddress ?? '', port: s.remotePort ?? 0 })));
+  }
   // A socket error before the reader is attached would be unhandled.
   socket.on('error', () => undefined);
   reader.attach(socket);

@@ -92,30 +92,39 @@ export interface CompiledSenderGroup {
   senders: BlockList;
 }
 
-/** Sender groups as BlockLists, in order. A CIDR that does not parse (never saved by the API) matches nothing. */
-export function compileSenderGroups(groups: readonly { name: string; senders: readonly string[]; policy: string }[]): CompiledSenderGroup[] {
-  return groups.map((g) => {
-    const senders = new BlockList();
-    for (const text of g.senders) {
-      try {
-        const { family, prefix } = parseCidr(text);
-        const address = text.split('/')[0] ?? text;
-        senders.addSubnet(address, prefix, family === 4 ? 'ipv4' : 'ipv6');
-      } catch {
-        // unusable rule: matches no one (fail closed toward the default policy)
-      }
+/**
+ * A CIDR list as one BlockList (sender groups, trusted proxies). A CIDR that does not parse
+ * (never saved by the API) matches nothing: fail closed.
+ */
+export function compileCidrs(cidrs: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const text of cidrs) {
+    try {
+      const { family, prefix } = parseCidr(text);
+      const address = text.split('/')[0] ?? text;
+      list.addSubnet(address, prefix, family === 4 ? 'ipv4' : 'ipv6');
+    } catch {
+      // unusable rule: matches no one
     }
-    return { name: g.name, policy: g.policy, senders };
-  });
+  }
+  return list;
+}
+
+/** Whether an address (zone id ignored) lies in a compiled CIDR list; an unparsable address never does. */
+export function inCidrs(list: BlockList, address: string): boolean {
+  const bare = address.replace(/%.*$/, '');
+  if (isIP(bare) === 0) return false;
+  return list.check(bare, isIPv6(bare) ? 'ipv6' : 'ipv4');
+}
+
+/** Sender groups as BlockLists, in order (a group whose CIDRs do not parse matches no one: the default policy applies). */
+export function compileSenderGroups(groups: readonly { name: string; senders: readonly string[]; policy: string }[]): CompiledSenderGroup[] {
+  return groups.map((g) => ({ name: g.name, policy: g.policy, senders: compileCidrs(g.senders) }));
 }
 
 /** The policy name for a client: the first sender group containing it, else the default. */
 export function selectPolicyName(groups: readonly CompiledSenderGroup[], defaultPolicy: string, clientAddress: string): string {
-  const bare = clientAddress.replace(/%.*$/, '');
-  if (isIP(bare) === 0) return defaultPolicy;
-  const family = isIPv6(bare) ? 'ipv6' : 'ipv4';
-  for (const g of groups) if (g.senders.check(bare, family)) return g.policy;
-  return defaultPolicy;
+  return groups.find((g) => inCidrs(g.senders, clientAddress))?.policy ?? defaultPolicy;
 }
 
 /** Per-client limits count IPv6 clients by this prefix: one host holds a whole /64 and rotates privacy addresses inside it. */

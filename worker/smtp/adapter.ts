@@ -6,8 +6,10 @@
 // smtp-server decides its EHLO features, certificate requests and AUTH handling from
 // server-wide options; SPEC §3 needs them per session (the policy depends on the client's
 // address) and needs AUTH EXTERNAL, which smtp-server lacks. So this module:
-//   - owns the accept path: socket → session (policy chosen once) → implicit TLS handshake
-//     (certificate requested per session) → SMTP connection;
+//   - owns the accept path: socket → PROXY protocol header on listeners behind a balancer
+//     (the client's address; untrusted peers and bad headers closed without a greeting) →
+//     session (policy chosen once) → implicit TLS handshake (certificate requested per
+//     session) → SMTP connection;
 //   - lets the session answer a command before smtp-server does (COMMAND_ROUTES);
 //   - lists the session's EHLO features, observes every reply, and asks for a client
 //     certificate at STARTTLS only when the session's policy wants one.
@@ -28,6 +30,8 @@ import {
 } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { REPLIES, type EhloFeatures, type Reply } from '../../shared/policy/rules.ts';
+import { proxiedClient, type ProxyEndpoint } from './proxy-protocol.ts';
+import { ProxyHeaderError, readProxyHeader, type ProxyFailure } from './proxy-socket.ts';
 
 /** The message's envelope as smtp-server collected it, at the end of DATA. */
 export interface Envelope {
@@ -71,8 +75,26 @@ export interface Challenge { answer(line: string): Reply }
 export interface AcceptedConnection {
   /** Session id, for smtp-server's logs and certgate's events. */
   id: string;
-  /** The client's address: the peer's. */
+  /** The client's address: the peer's, or behind a balancer the one its PROXY header names. */
   clientAddress: string;
+}
+
+/** SPEC §2.5 `proxyProtocol` of a listener, as the accept path applies it (worker/smtp/runtime.ts builds it). */
+export interface ProxyProtocolSetting {
+  /** Whether a peer may connect at all, and must then send the header. */
+  trusts(peerAddress: string): boolean;
+  /** How long the whole header may take to arrive. */
+  headerTimeoutMs: number;
+}
+
+/** A connection closed without a greeting on a listener with `proxyProtocol`. */
+export interface RefusedConnection {
+  peerAddress: string;
+  /** `untrusted`: the peer is not a trusted proxy; else what went wrong with its header. */
+  reason: 'untrusted' | ProxyFailure;
+  detail: string;
+  /** Bytes the peer sent before it was refused (0 for `untrusted`). */
+  bytesReceived: number;
 }
 
 /**
@@ -206,15 +228,21 @@ export interface GatewayServerOptions extends SMTPServerOptions {
   createSession(connection: AcceptedConnection): SessionController;
   /** A session hook failed (a bug or an unexpected fault): the client got 451 4.3.0. */
   onHookError(err: Error): void;
+  /** The listener's PROXY protocol setting now; null (and without this option): the peer is the client. */
+  proxyProtocol?(): ProxyProtocolSetting | null;
+  /** A connection closed before it became a session (see ProxyProtocolSetting). */
+  onRefused?(connection: RefusedConnection): void;
 }
 
 export class GatewayServer extends SMTPServer {
   private readonly createSession: GatewayServerOptions['createSession'];
   private readonly onHookError: GatewayServerOptions['onHookError'];
+  private readonly proxyProtocol: () => ProxyProtocolSetting | null;
+  private readonly onRefused: (connection: RefusedConnection) => void;
   private readonly controllers = new WeakMap<SMTPServerSession, SessionController>();
 
   constructor(options: GatewayServerOptions) {
-    const { createSession, onHookError, ...smtpOptions } = options;
+    const { createSession, onHookError, proxyProtocol, onRefused, ...smtpOptions } = options;
     super({
       ...smtpOptions,
       // certgate's rules decide these per session (shared/policy/rules.ts); smtp-server's own must stay out of the way
@@ -227,20 +255,52 @@ export class GatewayServer extends SMTPServer {
     });
     this.createSession = createSession;
     this.onHookError = onHookError;
+    this.proxyProtocol = proxyProtocol ?? (() => null);
+    this.onRefused = onRefused ?? (() => undefined);
     // The accept path is certgate's (see the top of this file): smtp-server's handler goes.
     this.server.removeAllListeners('connection');
     this.server.on('connection', (socket: net.Socket) => this.accept(socket));
   }
 
-  /** socket → session → implicit TLS handshake → SMTP connection. */
+  /** socket → [trusted proxy and its PROXY header] → session → implicit TLS handshake → SMTP connection. */
   private accept(socket: net.Socket): void {
-    const implicitTls = Boolean(this.options.secure);
-    // Until the SMTP connection exists, smtp-server's guard bounds the time a socket may take.
-    const release = this._acceptSocket(socket, implicitTls);
+    // Until the SMTP connection exists, smtp-server's guard bounds the time an implicit TLS
+    // socket may take; the PROXY header has its own, shorter deadline.
+    const release = this._acceptSocket(socket, Boolean(this.options.secure));
     if (!release) return;
+    const peer: ProxyEndpoint = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+    const proxy = this.proxyProtocol();
+    if (!proxy) {
+      this.begin(socket, release, peer);
+      return;
+    }
+    if (!proxy.trusts(peer.address)) {
+      this.refuse(socket, release, { peerAddress: peer.address, reason: 'untrusted', detail: `${peer.address} is not a trusted proxy`, bytesReceived: 0 });
+      return;
+    }
+    readProxyHeader(socket, proxy.headerTimeoutMs).then(
+      (header) => this.begin(socket, release, proxiedClient(header, peer)),
+      (err: unknown) => {
+        const e = err instanceof ProxyHeaderError ? err : new ProxyHeaderError('invalid', String(err), 0);
+        this.refuse(socket, release, { peerAddress: peer.address, reason: e.failure, detail: e.message, bytesReceived: e.bytesReceived });
+      },
+    );
+  }
+
+  /** Closes a connection without a word: nothing is written before a valid header from a trusted proxy. */
+  private refuse(socket: net.Socket, release: () => void, refused: RefusedConnection): void {
+    release();
+    socket.on('error', () => undefined);
+    socket.destroy();
+    this.onRefused(refused);
+  }
+
+  /** The client is known: its session (policy chosen once), then TLS if implicit, then SMTP. */
+  private begin(socket: net.Socket, release: () => void, client: ProxyEndpoint): void {
+    const implicitTls = Boolean(this.options.secure);
     const id = randomBytes(8).toString('hex');
-    const controller = this.createSession({ id, clientAddress: socket.remoteAddress ?? '' });
-    const options = { id, remoteAddress: socket.remoteAddress };
+    const controller = this.createSession({ id, clientAddress: client.address });
+    const options = { id, remoteAddress: client.address, remotePort: client.port };
     if (!implicitTls) {
       release();
       this.open(socket, options, controller);
@@ -261,7 +321,7 @@ export class GatewayServer extends SMTPServer {
     );
   }
 
-  private open(socket: net.Socket, options: { id: string; remoteAddress?: string }, controller: SessionController): void {
+  private open(socket: net.Socket, options: { id: string; remoteAddress: string; remotePort: number }, controller: SessionController): void {
     const connection = new GatewayConnection(this, socket, options, controller);
     this.controllers.set(connection.session, controller);
     this.connections.add(connection);

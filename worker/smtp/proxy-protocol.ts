@@ -59,6 +59,14 @@ export function parseProxyHeader(bytes: Uint8Array): ProxyParse {
   return invalid('not a PROXY protocol header');
 }
 
+/**
+ * The client of a connection that began with `header`: the header's source, or with `local`
+ * the connection's own peer (the balancer itself, e.g. its health check).
+ */
+export function proxiedClient(header: ProxyHeader, peer: ProxyEndpoint): ProxyEndpoint {
+  return header.command === 'proxy' ? header.source : peer;
+}
+
 // ---------------------------------------------------------------- version 1 (text)
 
 function parseV1(bytes: Uint8Array): ProxyParse {

@@ -15,7 +15,7 @@ import { ProxyHeaderReader, type ProxyHeader } from './proxy-protocol.ts';
 export type ProxyFailure = 'invalid' | 'timeout' | 'closed';
 
 export class ProxyHeaderError extends Error {
-  constructor(readonly failure: ProxyFailure, message: string) {
+  constructor(readonly failure: ProxyFailure, message: string, readonly bytesReceived: number) {
     super(message);
   }
 }
@@ -23,6 +23,7 @@ export class ProxyHeaderError extends Error {
 export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<ProxyHeader> {
   return new Promise((resolve, reject) => {
     const reader = new ProxyHeaderReader();
+    let received = 0;
     let settled = false;
     const finish = (err: ProxyHeaderError | null, header?: ProxyHeader) => {
       if (settled) return;
@@ -38,18 +39,20 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<
     const onReadable = () => {
       let chunk: Buffer | null;
       while (!settled && (chunk = socket.read() as Buffer | null) !== null) {
+        received += chunk.length;
         const result = reader.push(chunk);
-        if (result.state === 'invalid') return finish(new ProxyHeaderError('invalid', result.reason));
+        if (result.state === 'invalid') return finish(new ProxyHeaderError('invalid', result.reason, received));
         if (result.state === 'header') {
           if (result.rest.length > 0) socket.unshift(result.rest);
           return finish(null, result.header);
         }
       }
     };
-    const onEnd = () => finish(new ProxyHeaderError('closed', 'the connection ended before a complete PROXY header'));
-    const onClose = () => finish(new ProxyHeaderError('closed', 'the connection closed before a complete PROXY header'));
-    const onError = (err: Error) => finish(new ProxyHeaderError('closed', `socket error before a complete PROXY header: ${err.message}`));
-    const timer = setTimeout(() => finish(new ProxyHeaderError('timeout', `no complete PROXY header within ${timeoutMs} ms`)), timeoutMs);
+    const closed = (how: string) => () => finish(new ProxyHeaderError('closed', `the connection ${how} after ${received} bytes, before a complete PROXY header`, received));
+    const onEnd = closed('ended');
+    const onClose = closed('closed');
+    const onError = (err: Error) => finish(new ProxyHeaderError('closed', `socket error after ${received} bytes, before a complete PROXY header: ${err.message}`, received));
+    const timer = setTimeout(() => finish(new ProxyHeaderError('timeout', `no complete PROXY header within ${timeoutMs} ms (${received} bytes received)`, received)), timeoutMs);
     socket.on('readable', onReadable);
     socket.once('end', onEnd);
     socket.once('close', onClose);

@@ -1,6 +1,8 @@
-// An SMTP server for one listener: smtp-server's options for it and the factory of its sessions.
-import type { Listener } from '../../shared/config/schemas.ts';
-import { GatewayServer } from './adapter.ts';
+// An SMTP server for one listener: smtp-server's options for it, the factory of its sessions,
+// and what becomes of a connection refused before it was one (PROXY protocol).
+import { randomBytes } from 'node:crypto';
+import type { Listener, NewSessionEvent } from '../../shared/config/schemas.ts';
+import { GatewayServer, type RefusedConnection } from './adapter.ts';
 import type { ListenerRuntime } from './runtime.ts';
 import { Session, type SessionDeps } from './session.ts';
 
@@ -9,7 +11,17 @@ export interface ListenerServerHooks {
   runtime(): ListenerRuntime;
   deps: SessionDeps;
   onError(err: Error): void;
+  /** A connection closed without a greeting (untrusted peer, no or a bad PROXY header): for metrics and logs. */
+  onRefused(listener: string, connection: RefusedConnection): void;
 }
+
+/** The event reason of each way a connection is refused before its session. */
+const REFUSED_REASON: Record<RefusedConnection['reason'], string> = {
+  untrusted: 'proxy-untrusted',
+  invalid: 'proxy-header-invalid',
+  timeout: 'proxy-header-timeout',
+  closed: 'proxy-header-incomplete',
+};
 
 /** The TLS options of a listener, for the server and for updateSecureContext. */
 export function tlsOptions(listener: Listener): { key?: string; cert?: string; ca?: string; allowPartialTrustChain?: boolean } {
@@ -40,8 +52,35 @@ export function createListenerServer(initial: Listener, hooks: ListenerServerHoo
     socketTimeout: 300_000,
     createSession: (connection) => new Session(hooks.runtime(), hooks.deps, connection),
     onHookError: hooks.onError,
+    proxyProtocol: () => hooks.runtime().proxyProtocol,
+    onRefused: (connection) => {
+      const listener = hooks.runtime().listener.name;
+      hooks.onRefused(listener, connection);
+      // A peer that closed without sending a byte (a TCP health check, a port scan) said nothing worth an event.
+      if (connection.reason !== 'closed' || connection.bytesReceived > 0) hooks.deps.record(refusedEvent(hooks.deps, listener, connection));
+    },
   });
   // Without an error listener, a client dropping mid-handshake would crash the process.
   server.on('error', (err) => hooks.onError(err));
   return server;
+}
+
+function refusedEvent(deps: SessionDeps, listener: string, connection: RefusedConnection): NewSessionEvent {
+  return {
+    time: deps.now().toISOString(),
+    worker: deps.workerId,
+    listener,
+    sessionId: randomBytes(8).toString('hex'),
+    clientAddress: connection.peerAddress,
+    tlsVersion: null,
+    certificate: null,
+    method: 'none',
+    user: null,
+    outcome: 'rejected',
+    reason: REFUSED_REASON[connection.reason],
+    detail: connection.detail,
+    command: 'CONNECT',
+    reply: null,
+    envelope: null,
+  };
 }
