@@ -191,7 +191,7 @@ export async function opensslSession(o: { port: number; implicitTls?: boolean; c
 const SMTPLIB_COMMANDS = String.raw`
 import json, smtplib, ssl, sys
 cfg = json.loads(sys.argv[1])
-s = smtplib.SMTP('127.0.0.1', cfg['port'], timeout=20)
+s = smtplib.SMTP('127.0.0.1', cfg['port'], timeout=20, source_address=(cfg['source'], 0) if cfg.get('source') else None)
 s.ehlo('client.example')
 if cfg.get('starttls'):
     c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
@@ -207,6 +207,10 @@ print(json.dumps(out))
 `;
 
 /** Sends raw commands (after EHLO, and STARTTLS if asked) with smtplib's docmd, which sends what it is told. */
-export async function smtpCommands(o: { port: number; starttls?: boolean; cert?: string; key?: string; commands: string[] }): Promise<Array<[number, string]>> {
+export async function smtpCommands(o: {
+  port: number; starttls?: boolean; cert?: string; key?: string; commands: string[];
+  /** A loopback source address (127.0.0.x): per-client limits see a client of its own. */
+  source?: string;
+}): Promise<Array<[number, string]>> {
   return python<Array<[number, string]>>(SMTPLIB_COMMANDS, [JSON.stringify(o)]);
 }
