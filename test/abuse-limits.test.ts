@@ -12,7 +12,7 @@ import { startSystem, type System } from './helpers/system.ts';
 import { python, smtpCommands, swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import { openRaw, type RawConnection } from './helpers/raw-smtp.ts';
-import { eventually } from './helpers/crl-server.ts';
+import { eventually } from './helpers/wait.ts';
 import { ldapProfile, listener, people } from './fixtures/deployments.ts';
 
 let sys: System;
@@ -53,6 +53,8 @@ async function countingProxy(target: number): Promise<CountingProxy> {
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 const plain = (user: string, password: string) => `AUTH PLAIN ${b64(`\0${user}\0${password}`)}`;
 const w = (i: number) => sys.workers[i]!.offset;
+/** The reply that ended swaks' AUTH exchange (after any 334 challenges): the one before QUIT's 221. */
+const authReply = (r: { replies: { code: number; text: string }[] }) => r.replies.filter((x) => x.code !== 334).at(-2);
 
 before(async () => {
   sys = await startSystem({ workers: 2 });
@@ -171,7 +173,8 @@ describe('authFailureThrottle across two workers (§2.4)', () => {
   test('per client: after 4 failures spread over both workers, AUTH gets 454 from either, the right password too, without asking the directory', async () => {
     const from = '127.0.0.31';
     for (let i = 0; i < 4; i++) {
-      const r = await smtpCommands({ port: ports.limits + w(i % 2), commands: [plain('alice', `wrong-${i}`)], source: from });
+      // A user of its own each time: the per-user count (3) must not be what trips first.
+      const r = await smtpCommands({ port: ports.limits + w(i % 2), commands: [plain(`guess${i}`, 'wrong')], source: from });
       assert.equal(r[0]?.[0], 535, JSON.stringify(r));
     }
     const before = proxy.bytesToDirectory();
@@ -195,11 +198,11 @@ describe('authFailureThrottle across two workers (§2.4)', () => {
   test('per user: 3 failures for bob from three addresses throttle bob from a fourth, and nobody else', async () => {
     for (const [i, from] of ['127.0.0.41', '127.0.0.42', '127.0.0.43'].entries()) {
       const r = await swaks(['--server', `127.0.0.1:${ports.limits + w(i % 2)}`, '--local-interface', from, '--auth', 'PLAIN', '--auth-user', i === 1 ? 'BOB' : 'bob', '--auth-password', 'nope', '--quit-after', 'AUTH']);
-      assert.equal(r.replyTo('AUTH')?.code, 535, r.transcript);
+      assert.equal(authReply(r)?.code, 535, r.transcript);
     }
     const before = proxy.bytesToDirectory();
     const bob = await swaks(['--server', `127.0.0.1:${ports.limits + w(1)}`, '--local-interface', '127.0.0.44', '--auth', 'LOGIN', '--auth-user', 'bob', '--auth-password', 'bob-pw', '--quit-after', 'AUTH']);
-    assert.deepEqual(bob.replyTo('AUTH'), { code: 454, text: '4.7.0 Too many authentication failures, try again later' }, bob.transcript);
+    assert.deepEqual(authReply(bob), { code: 454, text: '4.7.0 Too many authentication failures, try again later' }, bob.transcript);
     assert.equal(proxy.bytesToDirectory(), before, 'not one byte reached the directory while throttled');
     const carol = await swaks(['--server', `127.0.0.1:${ports.limits}`, '--local-interface', '127.0.0.44', '--auth', 'PLAIN', '--auth-user', 'carol', '--auth-password', 'carol-pw', '--quit-after', 'AUTH']);
     assert.equal(carol.replyTo('AUTH')?.code, 235, carol.transcript);
@@ -238,6 +241,23 @@ describe('limits of listeners (§2.5)', () => {
     assert.notEqual(outcome, 'handshake completed');
     assert.equal(raw.bytesRead, 0, `the server sent nothing (${outcome})`);
     for (const c of held) c.destroy();
+  });
+
+  test('TLS renegotiation is refused: a TLS 1.2 client asking for it gets the no_renegotiation alert; the worker serves on', async () => {
+    // The listener holds 2 connections: wait until those of the test before have gone.
+    const c = await eventually(() => openRaw({ port: ports.implicit, localAddress: '127.0.0.57', tls: { maxVersion: 'TLSv1.2' } }).catch(() => null), 10_000, 'a free slot');
+    await c.waitForReplies(1);
+    const socket = c.socket as import('node:tls').TLSSocket;
+    const outcome = await Promise.race([
+      new Promise<string>((resolve) => socket.renegotiate({ rejectUnauthorized: false }, (err) => resolve(err ? `error ${String((err as NodeJS.ErrnoException).code)}` : 'renegotiated'))),
+      c.closed.then((x) => `error ${x.error}`),
+    ]);
+    // OpenSSL's client takes the server's no_renegotiation alert as the end of the connection.
+    assert.equal(outcome, 'error ERR_SSL_NO_RENEGOTIATION');
+    c.destroy();
+    const after = await openRaw({ port: ports.implicit, localAddress: '127.0.0.58', tls: {} });
+    assert.equal((await after.waitForReplies(1))[0]?.code, 220, 'the worker serves on');
+    after.destroy();
   });
 
   test('idleTimeoutSeconds: a silent session gets 421 4.4.2 Idle timeout and is closed', async () => {

@@ -21,7 +21,7 @@ describe('smtp-server internals the adapter uses', () => {
     assert.equal(installed.version, pkg.dependencies['smtp-server']);
   });
 
-  for (const member of ['_onCommand', 'handler_EHLO', 'upgrade', 'send', 'init', 'connectionReady', '_setListeners']) {
+  for (const member of ['_onCommand', 'handler_EHLO', 'upgrade', 'send', 'init', 'connectionReady', '_setListeners', '_refuse', '_sendGreeting', '_onTimeout', '_armTimeout', '_createParser', '_onClose']) {
     test(`SMTPConnection.prototype.${member} exists`, () => {
       assert.equal(typeof (SMTPConnection.prototype as unknown as Record<string, unknown>)[member], 'function');
     });
@@ -32,15 +32,20 @@ describe('smtp-server internals the adapter uses', () => {
     });
   }
   test('the net server has exactly one connection listener, the adapter\'s', () => {
-    const server = new GatewayServer({ logger: false, createSession: () => stub([]), onHookError: () => undefined });
+    const server = new GatewayServer({ logger: false, createSession: () => stub([]), onHookError: () => undefined, ...unlimited });
     assert.equal(server.server.listenerCount('connection'), 1);
   });
 });
+
+const unlimited = { maxConnections: () => 1000, onConnectionRefused: () => undefined };
 
 /** A controller that records the hooks it sees and answers what `answers` says. */
 function stub(seen: string[], answers: Partial<Record<string, Reply | null>> = {}): SessionController {
   return {
     requestsCertificate: () => false,
+    admit: () => null,
+    idleTimeoutMs: () => 60_000,
+    idle: () => null,
     connect: () => (seen.push('connect'), answers.connect ?? null),
     secured: async () => (seen.push('secured'), null),
     ehloFeatures: () => ({ startTls: false, auth: ['PLAIN'], size: 1000 }),
@@ -53,7 +58,7 @@ function stub(seen: string[], answers: Partial<Record<string, Reply | null>> = {
       seen.push(`data ${envelope.from} ${envelope.to.join(',')} ${envelope.helo}`);
       return { code: 250, text: '2.0.0 Ok: relayed' };
     },
-    replied: (command, r) => seen.push(`replied ${command} ${r.code}`),
+    replied: (command, r) => (seen.push(`replied ${command} ${r.code}`), null),
     closed: () => seen.push('closed'),
   };
 }
@@ -102,6 +107,7 @@ describe('a session through the adapter', () => {
       disableReverseLookup: true,
       createSession: () => stub(seen, refuse ? { connect: { code: 554, text: '5.7.1 Access denied' } } : { 'before NOOP': { code: 250, text: '2.0.0 certgate answered' } }),
       onHookError: (err) => assert.fail(err),
+      ...unlimited,
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
     port = (server.server.address() as net.AddressInfo).port;

@@ -12,6 +12,8 @@ import { sessionLogLine } from './session-log.ts';
 import { buildRuntime } from './smtp/runtime.ts';
 import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
+import { AuthThrottle } from './auth-throttle.ts';
+import { ClientConnections } from './smtp/client-connections.ts';
 import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
@@ -50,6 +52,8 @@ interface RunningListener {
 export class Gateway {
   private readonly redis: Redis;
   private readonly sub: Redis;
+  private readonly throttleRedis: Redis;
+  private readonly throttle: AuthThrottle;
   private readonly running = new Map<string, RunningListener>();
   private readonly directories: DirectoryRegistry;
   /** Next-hop connections kept between messages (worker/relay/pool.ts). */
@@ -74,6 +78,11 @@ export class Gateway {
     this.sub = new Redis(o.redisUrl, { lazyConnect: true });
     this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
     this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
+    // The throttle's own connection: no offline queue and a short command timeout, so that an
+    // AUTH falls back to per-process counts at once while Redis is away (worker/auth-throttle.ts).
+    this.throttleRedis = new Redis(o.redisUrl, { lazyConnect: true, enableOfflineQueue: false, commandTimeout: 500, maxRetriesPerRequest: 0, enableAutoPipelining: true });
+    this.throttleRedis.on('error', (err) => o.logger.debug({ err: err.message }, 'redis (auth throttle) error'));
+    this.throttle = new AuthThrottle(this.throttleRedis);
     this.ocsp = new OcspChecker({ redis: this.redis, logger: o.logger, observer: o.metrics.ocsp });
     this.pool = new NextHopPool({}, (reused) => o.metrics.nextHopConnections.inc({ connection: reused ? 'reused' : 'new' }));
     this.directories = new DirectoryRegistry(
@@ -115,13 +124,18 @@ export class Gateway {
         },
         auth: (method, outcome, reason) => o.metrics.auth.inc({ method, outcome, reason }),
         relay: (outcome) => o.metrics.relay.inc({ outcome }),
+        throttled: (scope) => o.metrics.authThrottled.inc({ scope }),
+        limit: (limit) => o.metrics.limits.inc({ limit }),
       },
+      throttle: this.throttle,
+      clients: new ClientConnections(),
     };
   }
 
   async start(): Promise<void> {
     await this.redis.connect();
     await this.sub.connect();
+    await this.throttleRedis.connect();
     this.sub.on('message', () => this.reload());
     // Re-read after a reconnect: changes published while disconnected were missed.
     this.sub.on('ready', () => this.reload());
@@ -266,6 +280,7 @@ export class Gateway {
     await this.redis.hdel(keys.workers, this.o.workerId).catch(() => undefined);
     await this.directories.close();
     this.sub.disconnect();
+    this.throttleRedis.disconnect();
     this.redis.disconnect();
   }
 }

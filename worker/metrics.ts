@@ -19,6 +19,10 @@ export class WorkerMetrics {
   readonly authThrottled = new Counter({
     name: 'certgate_auth_throttled_total', help: 'AUTH commands refused by authFailureThrottle', labelNames: ['scope'], registers: [this.registry],
   });
+  /** §2.4/§2.5 limits that refused a connection or ended a session. */
+  readonly limits = new Counter({
+    name: 'certgate_smtp_limit_total', help: 'Connections refused or sessions ended by a limit', labelNames: ['limit'], registers: [this.registry],
+  });
   readonly relay = new Counter({ name: 'certgate_relay_total', help: 'Messages by relay outcome', labelNames: ['outcome'], registers: [this.registry] });
   /** From the start of DATA (the message streams through) to the next hop's verdict. */
   readonly relayDuration = new Histogram({

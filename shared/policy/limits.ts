@@ -32,6 +32,7 @@ export const LIMIT_REPLIES = {
   tooManyAuthFailures: reply(421, '4.7.0 Too many authentication failures'),
   tooManyErrors: reply(421, '4.7.0 Too many errors'),
   idleTimeout: reply(421, '4.4.2 Idle timeout'),
+  unknownCommand: reply(500, '5.5.2 Error: command not recognized'),
   bye: reply(221, '2.0.0 Bye'),
 } as const;
 
@@ -89,4 +90,12 @@ export function listenerAdmission(listener: Pick<Listener, 'maxConnections'>, op
 export function clientAdmission(policy: Pick<MailFlowPolicy, 'maxConnectionsPerClient'>, open: number): Reply | null {
   const max = policy.maxConnectionsPerClient;
   return max !== null && open >= max ? LIMIT_REPLIES.tooManyConnectionsFromClient : null;
+}
+
+/** The commands certgate serves (RFC 5321 and the extensions it offers); anything else is unknown. */
+export const KNOWN_COMMANDS: ReadonlySet<string> = new Set(['EHLO', 'HELO', 'STARTTLS', 'AUTH', 'MAIL', 'RCPT', 'DATA', 'RSET', 'NOOP', 'QUIT', 'HELP', 'VRFY']);
+
+/** An unknown command's reply (a bad command: it counts for maxBadCommands). */
+export function unknownCommandReply(command: string): Reply | null {
+  return KNOWN_COMMANDS.has(command) ? null : LIMIT_REPLIES.unknownCommand;
 }

@@ -12,12 +12,23 @@
 //     session) → SMTP connection;
 //   - lets the session answer a command before smtp-server does (COMMAND_ROUTES);
 //   - lists the session's EHLO features, observes every reply, and asks for a client
-//     certificate at STARTTLS only when the session's policy wants one.
+//     certificate at STARTTLS only when the session's policy wants one;
+//   - admits connections (SPEC §2.5 maxConnections before anything else, before an implicit
+//     TLS handshake too; §2.4 maxConnectionsPerClient once the session exists), keeps the idle
+//     timeout of §2.5 (a completed command or, inside DATA, any byte resets it; smtp-server's
+//     own timeout is reset by every byte, so a client dribbling one line would never time out),
+//     and keeps a refused session (rules 1 and 3) open, answering every command, instead of
+//     closing it under the client's next command.
+// Every close is smtp-server's close() or closeGracefully(): the last reply written, a FIN,
+// what the client still sends read and dropped for a moment, then the socket destroyed; never
+// a reset that could destroy a reply the client has not read.
 //
 // It uses members of smtp-server that are not its documented API (they are typed in its .d.ts):
 // the connection's `_onCommand`, `_nextHandler`, `_upgrading`, `_ready`, `_setListeners`,
-// `connectionReady`, `handler_EHLO`, `upgrade`, `send`, and the server's `_acceptSocket`,
-// `_upgrade`, `_onError`, `_onClientConnect` and its `connection` listener. package.json pins
+// `connectionReady`, `handler_EHLO`, `upgrade`, `send`, `_refuse`, `_sendGreeting`, `_onTimeout`,
+// `_armTimeout`, `_createParser`, `_handlerPending`, `_dataStream`, `_parser` (with its
+// `_dataMode`), `_socket`, and the server's `_acceptSocket`, `_pendingSockets`, `_upgrade`,
+// `_onError`, `_onClientConnect` and its `connection` listener. package.json pins
 // smtp-server to the exact version these were read from, and test/smtp-adapter.test.ts fails
 // loudly if one of them changes.
 import { randomBytes } from 'node:crypto';
@@ -32,6 +43,8 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { REPLIES, type EhloFeatures, type Reply } from '../../shared/policy/rules.ts';
 import { proxiedClient, type ProxyEndpoint } from './proxy-protocol.ts';
 import { ProxyHeaderError, readProxyHeader, type ProxyFailure } from './proxy-socket.ts';
+import { listenerAdmission, REFUSED_SESSION_SILENCE_MS } from '../../shared/policy/limits.ts';
+import { closeGracefully } from '../../shared/util/sockets.ts';
 
 /** The message's envelope as smtp-server collected it, at the end of DATA. */
 export interface Envelope {
@@ -50,10 +63,22 @@ export interface Envelope {
 export interface SessionController {
   /** Whether the TLS handshake (implicit, or at STARTTLS) asks the client for a certificate. */
   requestsCertificate(): boolean;
-  /** Before the greeting: a reply refuses the session (rule 1). */
+  /**
+   * Once the connection is the session's (after an implicit TLS handshake): a reply refuses
+   * it at once, and the adapter closes it (§2.4 maxConnectionsPerClient).
+   */
+  admit(): Reply | null;
+  /**
+   * Before the greeting: a reply refuses the session (rule 1). A refused session stays open:
+   * every command goes to beforeCommand (QUIT included, which it lets through).
+   */
   connect(): Reply | null;
-  /** After a TLS handshake: a reply refuses the session (rules 3 and 4). */
+  /** After a TLS handshake: a reply refuses the session (rules 3 and 4), as connect's does. */
   secured(socket: TLSSocket): Promise<Reply | null>;
+  /** How long the session waits for a command (inside DATA, for a byte) before idle() (§2.5). */
+  idleTimeoutMs(): number;
+  /** The session waited that long: the reply that ends it, or null to close without one (a refused session). */
+  idle(): Reply | null;
   ehloFeatures(): EhloFeatures;
   /** Before smtp-server handles a command (see COMMAND_ROUTES): a reply answers it instead. */
   beforeCommand(command: string, args: string[]): Reply | Challenge | null;
@@ -63,8 +88,8 @@ export interface SessionController {
   rcptTo(recipient: string, recipientsSoFar: number): Reply | null;
   /** The message: relayed before the answer (rule 8). */
   data(message: Readable, envelope: Envelope): Promise<Reply>;
-  /** Every reply sent, with the command it answers. */
-  replied(command: string, reply: Reply): void;
+  /** Every reply sent, with the command it answers; a reply returned is sent next and ends the session (a 421). */
+  replied(command: string, reply: Reply): Reply | null;
   closed(): void;
 }
 
@@ -116,7 +141,8 @@ export const COMMAND_ROUTES = {
   QUIT: 'smtp-server',
   HELP: 'smtp-server',
   VRFY: 'smtp-server (252, never a lookup)',
-  '(other)': 'smtp-server (500 unrecognized)',
+  '(other)': 'session: 500 5.5.2, counted for maxBadCommands (smtp-server\'s own cap of 10 would override the policy)',
+  '(refused session)': 'session: every command (QUIT: smtp-server, 221 and close)',
 } as const;
 
 /** Commands smtp-server refuses before EHLO/HELO, before the session is asked. */
@@ -130,6 +156,10 @@ function smtpError(r: Reply): Error & { responseCode: number } {
 class GatewayConnection extends SMTPConnection {
   private currentCommand = 'CONNECT';
   private inEhlo = false;
+  private greeted = false;
+  /** Rules 1 and 3: the session was refused and answers every command itself. */
+  private refused = false;
+  private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(
     server: GatewayServer,
@@ -149,6 +179,74 @@ class GatewayConnection extends SMTPConnection {
    */
   override init(): void {
     this._setListeners(() => setImmediate(() => this.connectionReady()));
+    this.resetIdle();
+  }
+
+  override _sendGreeting(): void {
+    this.greeted = true;
+    super._sendGreeting();
+  }
+
+  /**
+   * smtp-server closes a refused session right after the refusal, often under the client's
+   * next command (Postfix answers a refused EHLO with HELO and then logs "lost connection").
+   * A refused session stays open instead: a refusal before the greeting is the greeting; one
+   * after a STARTTLS handshake is the answer to the next command (nothing is sent unasked,
+   * which would shift every later reply by one). From then on the session answers each command.
+   */
+  override _refuse(err: Error & { responseCode?: number }): void {
+    this.refused = true;
+    if (!this.greeted) {
+      this.greeted = true;
+      this.send(err.responseCode ?? 554, err.message, false);
+      this._ready = true;
+    } else if (this._parser && !this._socket.destroyed) {
+      // upgrade() pipes the TLS socket into the parser only when the session was not refused
+      this._socket.pipe(this._parser);
+    }
+    this.resetIdle();
+  }
+
+  // ---------------------------------------------------------------- idle timeout (§2.5)
+
+  /** (Re)arms the idle timer: at connect, at every complete command, every reply, every DATA byte. */
+  private resetIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this._closing || this._closed) return;
+    this.idleTimer = setTimeout(() => this.onIdle(), this.refused ? REFUSED_SESSION_SILENCE_MS : this.controller.idleTimeoutMs());
+    this.idleTimer.unref();
+  }
+
+  private onIdle(): void {
+    this.idleTimer = null;
+    if (this._closing || this._closed) return;
+    // certgate is working (the directory, the next hop): the client waits for us, not we for it.
+    if (this._handlerPending || (this._dataStream && this._parser && !this._parser._dataMode)) return this.resetIdle();
+    const end = this.controller.idle();
+    if (end) this.send(end.code, end.text); // a 421: smtp-server closes after it
+    else this.close();
+  }
+
+  /** smtp-server's own idle timeout is reset by any byte; certgate's (above) governs, this one only ends what is closing. */
+  override _onTimeout(): void {
+    if (this._closing) return super._onTimeout();
+    this._armTimeout();
+  }
+
+  /** Inside DATA every byte counts as activity: the parser sees them all. */
+  override _createParser(): ReturnType<SMTPConnection['_createParser']> {
+    const parser = super._createParser();
+    const write = parser._write.bind(parser);
+    parser._write = (chunk, encoding, done) => {
+      if (parser._dataMode) this.resetIdle();
+      write(chunk, encoding, done);
+    };
+    return parser;
+  }
+
+  override _onClose(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    super._onClose();
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
@@ -156,9 +254,10 @@ class GatewayConnection extends SMTPConnection {
     // with smtp-server; so do MAIL/RCPT/DATA/AUTH before EHLO/HELO ("send HELO/EHLO first").
     const [name = '', ...args] = (command || '').toString().trim().split(/\s+/);
     const upper = name.toUpperCase();
+    if (!this._upgrading) this.resetIdle(); // a complete line (a SASL continuation too)
     if (!this._nextHandler && !this._upgrading && this._ready) {
       this.currentCommand = upper;
-      if (this.hostNameAppearsAs || !NEEDS_GREETING.has(upper)) {
+      if (this.refused || this.hostNameAppearsAs || !NEEDS_GREETING.has(upper)) {
         const answer = this.controller.beforeCommand(upper, args);
         if (answer) {
           if ('answer' in answer) {
@@ -196,7 +295,9 @@ class GatewayConnection extends SMTPConnection {
     }
     super.send(code, data, context);
     const text = Array.isArray(data) ? data.join('\n') : (data ?? '');
-    this.controller.replied(this.currentCommand, { code, text });
+    this.resetIdle(); // the client's turn again
+    const end = this.controller.replied(this.currentCommand, { code, text });
+    if (end && !this._closing) this.send(end.code, end.text); // a 421: smtp-server closes after it
   }
 
   override upgrade(callback: () => void, secureCallback?: () => void): void {
@@ -232,6 +333,10 @@ export interface GatewayServerOptions extends SMTPServerOptions {
   proxyProtocol?(): ProxyProtocolSetting | null;
   /** A connection closed before it became a session (see ProxyProtocolSetting). */
   onRefused?(connection: RefusedConnection): void;
+  /** §2.5 maxConnections of the listener as configured now (connections per process, handshakes included). */
+  maxConnections(): number;
+  /** A connection refused by maxConnections before it had a session. */
+  onConnectionRefused(): void;
 }
 
 export class GatewayServer extends SMTPServer {
@@ -239,10 +344,12 @@ export class GatewayServer extends SMTPServer {
   private readonly onHookError: GatewayServerOptions['onHookError'];
   private readonly proxyProtocol: () => ProxyProtocolSetting | null;
   private readonly onRefused: (connection: RefusedConnection) => void;
+  private readonly maxConnections: GatewayServerOptions['maxConnections'];
+  private readonly onConnectionRefused: GatewayServerOptions['onConnectionRefused'];
   private readonly controllers = new WeakMap<SMTPServerSession, SessionController>();
 
   constructor(options: GatewayServerOptions) {
-    const { createSession, onHookError, proxyProtocol, onRefused, ...smtpOptions } = options;
+    const { createSession, onHookError, proxyProtocol, onRefused, maxConnections, onConnectionRefused, ...smtpOptions } = options;
     super({
       ...smtpOptions,
       // certgate's rules decide these per session (shared/policy/rules.ts); smtp-server's own must stay out of the way
@@ -257,16 +364,28 @@ export class GatewayServer extends SMTPServer {
     this.onHookError = onHookError;
     this.proxyProtocol = proxyProtocol ?? (() => null);
     this.onRefused = onRefused ?? (() => undefined);
+    this.maxConnections = maxConnections;
+    this.onConnectionRefused = onConnectionRefused;
     // The accept path is certgate's (see the top of this file): smtp-server's handler goes.
     this.server.removeAllListeners('connection');
     this.server.on('connection', (socket: net.Socket) => this.accept(socket));
   }
 
-  /** socket → [trusted proxy and its PROXY header] → session → implicit TLS handshake → SMTP connection. */
+  /**
+   * socket → maxConnections → [trusted proxy and its PROXY header] → session → implicit TLS
+   * handshake → maxConnectionsPerClient → SMTP connection.
+   */
   private accept(socket: net.Socket): void {
+    const implicitTls = Boolean(this.options.secure);
+    const full = listenerAdmission({ maxConnections: this.maxConnections() }, this.connections.size + this._pendingSockets.size, implicitTls);
+    if (full) {
+      closeGracefully(socket, full.silent ? undefined : `${full.reply.code} ${full.reply.text}\r\n`);
+      this.onConnectionRefused();
+      return;
+    }
     // Until the SMTP connection exists, smtp-server's guard bounds the time an implicit TLS
     // socket may take; the PROXY header has its own, shorter deadline.
-    const release = this._acceptSocket(socket, Boolean(this.options.secure));
+    const release = this._acceptSocket(socket, implicitTls);
     if (!release) return;
     const peer: ProxyEndpoint = { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
     const proxy = this.proxyProtocol();
@@ -322,6 +441,12 @@ export class GatewayServer extends SMTPServer {
   }
 
   private open(socket: net.Socket, options: { id: string; remoteAddress: string; remotePort: number }, controller: SessionController): void {
+    const refusal = controller.admit();
+    if (refusal) {
+      closeGracefully(socket, `${refusal.code} ${refusal.text}\r\n`);
+      controller.closed();
+      return;
+    }
     const connection = new GatewayConnection(this, socket, options, controller);
     this.controllers.set(connection.session, controller);
     this.connections.add(connection);

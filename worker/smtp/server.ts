@@ -1,6 +1,6 @@
 // An SMTP server for one listener: smtp-server's options for it, the factory of its sessions,
 // and what becomes of a connection refused before it was one (PROXY protocol).
-import { randomBytes } from 'node:crypto';
+import { constants, randomBytes } from 'node:crypto';
 import type { Listener, NewSessionEvent } from '../../shared/config/schemas.ts';
 import { GatewayServer, type RefusedConnection } from './adapter.ts';
 import type { ListenerRuntime } from './runtime.ts';
@@ -24,9 +24,12 @@ const REFUSED_REASON: Record<RefusedConnection['reason'], string> = {
 };
 
 /** The TLS options of a listener, for the server and for updateSecureContext. */
-export function tlsOptions(listener: Listener): { key?: string; cert?: string; ca?: string; allowPartialTrustChain?: boolean } {
+export function tlsOptions(listener: Listener): { key?: string; cert?: string; ca?: string; allowPartialTrustChain?: boolean; secureOptions?: number } {
   if (!listener.tls) return {};
   return {
+    // A TLS 1.2 client may not renegotiate (OpenSSL answers a no_renegotiation alert): a
+    // renegotiation is a handshake's RSA work at the client's will (TLS 1.3 has none).
+    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
     key: listener.tls.privateKeyPem ?? undefined,
     cert: listener.tls.certificatePem,
     // The trust anchors OpenSSL verifies client certificates against; also sent as the
@@ -48,7 +51,9 @@ export function createListenerServer(initial: Listener, hooks: ListenerServerHoo
     disableReverseLookup: true,
     // The gateway drains for 30 s itself before it calls close(); what is left then is ended soon.
     closeTimeout: 1_000,
-    // RFC 5321 §4.5.3.2.7: at least 5 minutes; the client also waits while the next hop decides.
+    // smtp-server's own timeout now bounds only a PROXY header or an implicit TLS handshake that
+    // does not come (5 minutes, as Postfix's smtpd_starttls_timeout); a session's idle timeout is
+    // the listener's idleTimeoutSeconds, kept by the adapter.
     socketTimeout: 300_000,
     createSession: (connection) => new Session(hooks.runtime(), hooks.deps, connection),
     onHookError: hooks.onError,
@@ -59,6 +64,8 @@ export function createListenerServer(initial: Listener, hooks: ListenerServerHoo
       // A peer that closed without sending a byte (a TCP health check, a port scan) said nothing worth an event.
       if (connection.reason !== 'closed' || connection.bytesReceived > 0) hooks.deps.record(refusedEvent(hooks.deps, listener, connection));
     },
+    maxConnections: () => hooks.runtime().listener.maxConnections,
+    onConnectionRefused: () => hooks.deps.observe.limit('max-connections'),
   });
   // Without an error listener, a client dropping mid-handshake would crash the process.
   server.on('error', (err) => hooks.onError(err));

@@ -11,7 +11,12 @@ import {
   externalContinuation, type AllowanceCheck, type AuthCommandDecision, type CertificateCheck, type CredentialCheck, type DirectoryMatch,
   type EhloFeatures, type Reply, type SessionState,
 } from '../../shared/policy/rules.ts';
-import type { LdapAuthProfile, NewSessionEvent } from '../../shared/config/schemas.ts';
+import {
+  authFailureLimitReply, badCommandLimitReply, clientAdmission, idleTimeoutMs, isBadCommandReply, LIMIT_REPLIES,
+  messageLimitReply, unknownCommandReply,
+} from '../../shared/policy/limits.ts';
+import { countsAsFailure, THROTTLED, type ThrottleScope } from '../../shared/policy/auth-throttle.ts';
+import type { AuthFailureThrottle, LdapAuthProfile, NewSessionEvent } from '../../shared/config/schemas.ts';
 import { certificateFacts, type CertificateFacts } from '../../shared/pki/certificate.ts';
 import { verifiedChain, verifyFailure } from '../../shared/pki/verify.ts';
 import type { RevocationDecision } from '../../shared/pki/revocation.ts';
@@ -39,12 +44,23 @@ export interface SessionDeps {
   /** outboundSmtpTls: null to use the next hop, else why not (e.g. its certificate is revoked). */
   checkNextHop(chain: X509Certificate[]): Promise<string | null>;
   relay(target: NextHopTarget, envelope: { from: string; to: string[]; smtpUtf8: boolean; body8bit: boolean }, prefix: Buffer, message: Readable): Promise<RelayResult>;
+  /** §2.4 authFailureThrottle: the counts every worker shares (worker/auth-throttle.ts). */
+  throttle: {
+    check(throttle: AuthFailureThrottle, clientAddress: string, username: string, nowMs: number): Promise<ThrottleScope | null>;
+    recordFailure(throttle: AuthFailureThrottle, clientAddress: string, username: string, nowMs: number): Promise<void>;
+  };
+  /** §2.4 maxConnectionsPerClient: connections open per client in this process (worker/smtp/client-connections.ts). */
+  clients: { count(address: string): number; hold(address: string): () => void };
   observe: {
     /** A session began (counted per listener) or ended. */
     sessionOpened(listener: string): void;
     sessionClosed(): void;
     auth(method: string, outcome: string, reason: string): void;
     relay(outcome: string): void;
+    /** An AUTH refused by the throttle, by the count that refused it. */
+    throttled(scope: ThrottleScope): void;
+    /** A limit of §2.4/§2.5 ended or refused a session (max-connections-per-client, too-many-errors, ...). */
+    limit(name: string): void;
   };
 }
 
@@ -63,6 +79,15 @@ export class Session implements SessionController {
   private saslProfile: LdapAuthProfile | null = null;
 
   private ended = false;
+  /** Rules 1 and 3: the refusal this session answers every command with. */
+  private refusal: Reply | null = null;
+  /** Releases this session's place in the per-client count (maxConnectionsPerClient). */
+  private releaseClient: (() => void) | null = null;
+  private messages = 0;
+  private authFailures = 0;
+  private badCommands = 0;
+  /** A 421 decided while answering a command: replied() hands it to the adapter after that answer. */
+  private ending: { reply: Reply; reason: string } | null = null;
 
   constructor(
     private readonly runtime: ListenerRuntime,
@@ -89,7 +114,33 @@ export class Session implements SessionController {
     return ehloFeatures(this.state);
   }
 
+  /** §2.4 maxConnectionsPerClient, counted per worker process. */
+  admit(): Reply | null {
+    const refusal = clientAdmission(this.state.policy, this.deps.clients.count(this.connection.clientAddress));
+    if (refusal) {
+      this.deps.observe.limit('max-connections-per-client');
+      this.event({ outcome: 'rejected', reason: 'max-connections-per-client', command: 'CONNECT', reply: format(refusal) });
+      return refusal;
+    }
+    this.releaseClient = this.deps.clients.hold(this.connection.clientAddress);
+    return null;
+  }
+
+  idleTimeoutMs(): number {
+    return idleTimeoutMs(this.runtime.listener);
+  }
+
+  idle(): Reply | null {
+    if (this.refusal) return null; // a refused session just closes after its 10 s of silence
+    this.deps.observe.limit('idle-timeout');
+    return LIMIT_REPLIES.idleTimeout;
+  }
+
   beforeCommand(command: string, args: string[]): Reply | Challenge | null {
+    // A refused session accepts nothing but QUIT (RFC 5321 §3.1), which smtp-server answers and closes.
+    if (this.refusal) return command === 'QUIT' ? null : this.refusal;
+    const unknown = unknownCommandReply(command);
+    if (unknown) return unknown;
     if (command === 'MAIL' || command === 'RCPT' || command === 'DATA') {
       const gate = startTlsGate(this.state);
       if (gate) this.event({ outcome: 'rejected', reason: 'tls-required', command, reply: format(gate) });
@@ -110,23 +161,49 @@ export class Session implements SessionController {
       return { answer: (line) => this.authDecision(externalContinuation(this.state, line), mechanism) as Reply };
     }
     const accepted = decision.reply.code === 235;
+    if (decision.reply === REPLIES.authFailed) this.authFailed();
     const method = mechanism === 'EXTERNAL' ? 'certificate' : 'smtp-auth';
     this.deps.observe.auth(method, accepted ? 'accepted' : 'rejected', decision.reason);
     this.event({ outcome: accepted ? 'accepted' : 'rejected', reason: decision.reason, command: 'AUTH', reply: format(decision.reply), method });
     return decision.reply;
   }
 
-  replied(command: string, reply: Reply): void {
+  replied(command: string, reply: Reply): Reply | null {
+    if (command === 'MAIL' && reply.code === 250) this.messages++;
+    // Every command a refused session answers with its refusal is out of sequence.
+    const refusedAgain = this.refusal !== null && command !== 'CONNECT' && reply.code === this.refusal.code && reply.text === this.refusal.text;
+    if (isBadCommandReply(reply) || refusedAgain) {
+      this.badCommands++;
+      const end = badCommandLimitReply(this.state.policy, this.badCommands);
+      if (end) this.ending ??= { reply: end, reason: 'too-many-errors' };
+    }
     // allow-and-log: every command after the AUTH that admitted the user is on record.
     // The final reply to DATA is the message event itself.
-    if (!this.allowedNotPermitted || command === 'AUTH' || (command === 'DATA' && reply.code !== 354)) return;
-    this.event({ outcome: 'allowed-not-permitted', reason: 'not-allowed-by-allow-query', command, reply: format(reply) });
+    if (this.allowedNotPermitted && command !== 'AUTH' && !(command === 'DATA' && reply.code !== 354)) {
+      this.event({ outcome: 'allowed-not-permitted', reason: 'not-allowed-by-allow-query', command, reply: format(reply) });
+    }
+    const ending = this.ending;
+    if (!ending || reply.code === 421) return null;
+    this.ending = null;
+    this.deps.observe.limit(ending.reason);
+    this.event({ outcome: 'rejected', reason: ending.reason, command, reply: format(ending.reply) });
+    return ending.reply;
+  }
+
+  /** A failed AUTH (credentials, allowance, EXTERNAL identity, throttle): maxAuthFailuresPerConnection. */
+  private authFailed(): void {
+    this.authFailures++;
+    const end = authFailureLimitReply(this.state.policy, this.authFailures);
+    if (end) this.ending ??= { reply: end, reason: 'too-many-auth-failures' };
   }
 
   /** onConnect: rule 1. */
   connect(): Reply | null {
     const refusal = connectReply(this.state.policy);
-    if (refusal) this.event({ outcome: 'rejected', reason: 'policy-reject', command: 'CONNECT', reply: format(refusal) });
+    if (refusal) {
+      this.refusal = refusal;
+      this.event({ outcome: 'rejected', reason: 'policy-reject', command: 'CONNECT', reply: format(refusal) });
+    }
     return refusal;
   }
 
@@ -149,6 +226,7 @@ export class Session implements SessionController {
         detail: [this.revocationNote, this.directoryNote].filter(Boolean).join('; ') || null,
       });
     }
+    this.refusal = decision.refuse;
     return decision.refuse;
   }
 
@@ -157,6 +235,18 @@ export class Session implements SessionController {
     const profile = this.saslProfile;
     this.saslProfile = null;
     if (!profile) return REPLIES.authNotEnabled; // cannot happen: beforeCommand set it for this exchange
+    // §2.4: over a throttle count, the directory is not asked, whatever the credentials.
+    const nowMs = this.deps.now().getTime();
+    const throttle = this.state.policy.authFailureThrottle;
+    const clientAddress = this.connection.clientAddress;
+    const throttledBy = await this.deps.throttle.check(throttle, clientAddress, username, nowMs);
+    if (throttledBy) {
+      this.deps.observe.throttled(throttledBy);
+      this.deps.observe.auth('smtp-auth', 'rejected', 'throttled');
+      this.event({ outcome: 'rejected', reason: 'throttled', command: 'AUTH', reply: format(THROTTLED), method: 'smtp-auth', user: username, detail: `authFailureThrottle per ${throttledBy}` });
+      this.authFailed();
+      return THROTTLED;
+    }
     // Acting on behalf of another identity (PLAIN authzid) is not something certgate grants.
     const proxying = authzid !== '' && authzid !== username;
     const directory = this.deps.directory(profile.ldapProfile);
@@ -183,6 +273,10 @@ export class Session implements SessionController {
     if (out.authenticated) {
       this.state.user = { id: userId ?? username, method: 'smtp-auth' };
       this.allowedNotPermitted = out.allowedNotPermitted;
+    } else if (out.reason !== 'directory-unavailable') {
+      this.authFailed();
+      // Counted before the answer, so that the client's next try (on any worker) sees it.
+      if (countsAsFailure(out.reason)) await this.deps.throttle.recordFailure(throttle, clientAddress, username, nowMs);
     }
     this.deps.observe.auth('smtp-auth', out.outcome, out.reason);
     this.event({
@@ -192,11 +286,16 @@ export class Session implements SessionController {
     return out.reply;
   }
 
-  /** onMailFrom: rules 2 and 6, and SIZE. */
+  /** onMailFrom: rules 2 and 6, SIZE, then maxMessagesPerConnection. */
   mailFrom(declaredSize: number | null): Reply | null {
     const refusal = mailFromReply(this.state, declaredSize);
     if (refusal) this.event({ outcome: 'rejected', reason: refusal === REPLIES.authRequired ? 'authentication-required' : 'size', command: 'MAIL', reply: format(refusal) });
-    return refusal;
+    const tooMany = refusal ? null : messageLimitReply(this.state.policy, this.messages);
+    if (tooMany) {
+      this.deps.observe.limit('max-messages-per-connection');
+      this.event({ outcome: 'rejected', reason: 'max-messages-per-connection', command: 'MAIL', reply: format(tooMany) });
+    }
+    return refusal ?? tooMany;
   }
 
   /** onRcptTo: rule 7. */
@@ -260,6 +359,7 @@ export class Session implements SessionController {
   closed(): void {
     if (this.ended) return;
     this.ended = true;
+    this.releaseClient?.();
     this.deps.observe.sessionClosed();
   }
 
