@@ -146,9 +146,9 @@ describe('through HAProxy, the header\'s address is the client address', () => {
     assert.equal(blocked.replies[0]?.code, 554, blocked.transcript);
   });
 
-  // The accept path hands the header's address to the session as its clientAddress; the per-client
-  // count (worker/smtp/client-connections.ts) is not wired into the accept path on main yet.
-  test('maxConnectionsPerClient counts the header\'s address, not the balancer\'s', { todo: 'maxConnectionsPerClient is not enforced by the worker yet' }, async () => {
+  // The accept path hands the header's address to the session as its clientAddress, which the
+  // per-client count (worker/smtp/client-connections.ts) keys on.
+  test('maxConnectionsPerClient counts the header\'s address, not the balancer\'s', async () => {
     // One worker, so that the count is that process's (SPEC §2.4): a client header sent by hand.
     const port = ports.plain + sys.workers[0]!.offset;
     const open: net.Socket[] = [];
