@@ -4,7 +4,7 @@
  * The attack it sizes: a client that opens connections and sends nothing (SPEC §2.5
  * maxConnections and idleTimeoutSeconds bound it; this says what the bound costs).
  *
- *   npx tsx bench/idle-connections.ts [--connections 2000]
+ *   npx tsx bench/idle-connections.ts [--connections 2000] [--help]
  *
  * RSS is read from /proc/<pid>/status (VmRSS) after a forced settle (two seconds, then the
  * figure must hold within 1 MB over one more). Prints numbers; asserts nothing. The machine
@@ -19,7 +19,9 @@ import { startSystem } from '../test/helpers/system.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import { listener } from '../test/fixtures/deployments.ts';
 import { fmt } from './lib/stats.ts';
+import { exitWithUsageIfAsked } from './lib/usage.ts';
 
+exitWithUsageIfAsked(import.meta.url);
 const { values: argv } = parseArgs({ options: { connections: { type: 'string', default: '2000' } } });
 const N = Number(argv.connections);
 if (!(Number.isInteger(N) && N >= 1 && N <= 10_000)) throw new Error('--connections: 1..10000');
