@@ -6,6 +6,8 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Redis } from 'ioredis';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
+import { ConfigFollower, DEFAULT_POLL_MS } from '../shared/config/follower.ts';
+import { Subscriptions } from '../shared/redis/subscriptions.ts';
 import type { CrlStatus } from '../shared/config/schemas.ts';
 import { revocationHook, type ApiHttpsOptions } from './mtls.ts';
 import type { App, ApiContext } from './context.ts';
@@ -36,6 +38,11 @@ export interface BuildAppOptions {
   ocsp?: Pick<OcspChecker, 'check'>;
   /** POST /v1/crl-sources/{name}/refresh: the scheduler (or its queue client). Absent: 503. */
   crlRefresh?: (name: string) => Promise<CrlStatus>;
+  /**
+   * The process's configuration follower (mode `mirror`), shared with the scheduler. Absent:
+   * the app makes its own on a duplicate of `redis`, started by the first read, closed with it.
+   */
+  follower?: ConfigFollower;
 }
 
 /** Log paths that may hold secrets: the bearer token, bind passwords, private keys. */
@@ -88,16 +95,27 @@ export async function buildApp(opts: BuildAppOptions): Promise<App> {
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
 
-  const cache = new ConfigCache(opts.redis);
+  let follower = opts.follower;
+  if (!follower) {
+    const subscriber = opts.redis.duplicate({ lazyConnect: true, maxRetriesPerRequest: null });
+    subscriber.on('error', () => undefined); // reads bypass the follower while it is down
+    const subscriptions = new Subscriptions(subscriber);
+    const own = new ConfigFollower({ redis: opts.redis, subscriptions, mode: 'mirror', pollMs: DEFAULT_POLL_MS, logger: app.log });
+    app.addHook('onClose', async () => {
+      await own.stop();
+      subscriptions.close();
+    });
+    follower = own;
+  }
+  const cache = new ConfigCache(follower);
   // Configuration transactions WATCH, which is per connection: they get one of their own.
   const transactions = opts.redis.duplicate();
   transactions.on('error', () => undefined); // failures reach the writer as rejected commands
   app.addHook('onClose', async () => {
-    cache.close();
     transactions.disconnect();
   });
   const ctx: ApiContext = {
-    redis: opts.redis, config: cache, write: configWriter(transactions, cache),
+    redis: opts.redis, config: cache, write: configWriter(transactions, opts.redis, cache),
     crlRefresh: opts.crlRefresh ?? (async () => { throw serviceUnavailable('no CRL scheduler in this process'); }),
   };
   const metrics = createApiMetrics();

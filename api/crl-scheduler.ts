@@ -19,17 +19,25 @@
  * used are idempotent).
  */
 import { Queue, QueueEvents, Worker, type Job, type JobSchedulerJson } from 'bullmq';
-import { Redis } from 'ioredis';
-import { loadConfig } from '../shared/config/store.ts';
+import type { Redis } from 'ioredis';
+import type { ConfigFollower } from '../shared/config/follower.ts';
+import type { RedisConnector } from '../shared/redis/connection.ts';
+import type { Subscriptions } from '../shared/redis/subscriptions.ts';
 import { deleteCrlData, refreshSource, trustedCrlSigners, type RefreshContext } from '../shared/pki/crl/refresh.ts';
 import { readCrlStatus } from '../shared/pki/crl/stored.ts';
 import { Coalescer } from '../shared/util/coalescer.ts';
 import type { MinimalLogger } from '../shared/util/logger.ts';
 import { CRL_QUEUE, keys } from '../shared/redis/keys.ts';
-import type { CrlSource, CrlStatus } from '../shared/config/schemas.ts';
+import type { CrlSource, CrlStatus, VersionedConfig } from '../shared/config/schemas.ts';
 
 export interface CrlSchedulerOptions {
-  redisUrl: string;
+  /** Makes BullMQ's connections (a queue and a worker). */
+  connector: RedisConnector;
+  /** A `commands` connection of the process. */
+  redis: Redis;
+  subscriptions: Subscriptions;
+  /** The process's configuration follower, started. */
+  follower: ConfigFollower;
   logger: MinimalLogger;
   /** CRL_FILE_ROOT; null refuses `file:` URLs. */
   fileRoot: string | null;
@@ -88,15 +96,15 @@ function downloadSignature(s: CrlSource): string {
 }
 
 export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlScheduler> {
-  const { logger, fileRoot } = opts;
-  // BullMQ needs maxRetriesPerRequest: null on its connections; ours for commands fail faster.
-  const bull = (): Redis => new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
-  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 2 });
-  const sub = new Redis(opts.redisUrl);
-  const queueConn = bull();
-  const workerConn = bull();
-  const connections = [redis, sub, queueConn, workerConn];
-  for (const c of connections) c.on('error', (err: Error) => logger.warn({ err: err.message }, 'CRL scheduler: Redis connection error'));
+  const { logger, fileRoot, redis, follower } = opts;
+  const queueConn = opts.connector.connect('crl-queue', 'bullmq');
+  const workerConn = opts.connector.connect('crl-worker', 'bullmq');
+  /** The configuration as stored now (one header read when the follower is current). */
+  const fresh = async (): Promise<VersionedConfig> => {
+    const config = await follower.refresh();
+    if (!config) throw new Error(follower.error ?? 'no configuration loaded');
+    return config;
+  };
 
   const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn, defaultJobOptions: KEEP_JOBS });
   // Without a listener BullMQ prints these to stderr unstructured; the connections' own handlers log them.
@@ -107,7 +115,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
   let stopped = false;
 
   const run = async (source: CrlSource, lockWaitMs?: number): Promise<CrlStatus> => {
-    const config = await loadConfig(redis);
+    const config = await fresh();
     const ctx: RefreshContext = { trustedCas: trustedCrlSigners(config), fileRoot, now: new Date(), logger, lockWaitMs, ...opts.download };
     return refreshSource(redis, source, ctx);
   };
@@ -115,7 +123,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
   const worker = new Worker<DownloadJobData, CrlStatus | null>(
     CRL_QUEUE,
     async (job: Job<DownloadJobData>) => {
-      const { crlSources } = await loadConfig(redis);
+      const { crlSources } = await fresh();
       const source = crlSources.find((s) => s.name === job.data.source);
       if (job.name === REFRESH_JOB) return source ? run(source) : null;
       // Deleted or disabled since the job was queued: nothing to do.
@@ -138,7 +146,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
   };
 
   const syncOnce = async (): Promise<void> => {
-    const config = await loadConfig(redis);
+    const config = await fresh();
     const existing = new Map((await queue.getJobSchedulers(0, -1)).filter((s) => s.key.startsWith(SCHEDULER_PREFIX)).map((s) => [s.key, s]));
     for (const source of config.crlSources) {
       const id = schedulerId(source.name);
@@ -163,7 +171,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
     for (const id of existing.keys()) {
       if (!configured.has(id.slice(SCHEDULER_PREFIX.length))) await queue.removeJobScheduler(id);
     }
-    await removeDeletedSourcesData(redis, logger);
+    await removeDeletedSourcesData(redis, fresh, logger);
     known.clear();
     for (const s of config.crlSources) known.set(s.name, { signature: downloadSignature(s), enabled: s.enabled });
   };
@@ -173,32 +181,27 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
     sync().catch((err: Error) => logger.error({ err: err.message, why }, 'CRL scheduler: sync with the configuration failed'));
   };
 
-  sub.on('message', () => syncInBackground('configuration change'));
-  await sub.subscribe(keys.configChannel);
-  // Pub/sub drops messages while disconnected: catch up after a reconnect.
-  let subscribed = false;
-  sub.on('ready', () => {
-    if (subscribed) syncInBackground('reconnect');
-  });
-  subscribed = true;
+  // In the background: a listener must not wait for the follower (sync reads through it).
+  follower.follow(() => syncInBackground('configuration change'));
+  // BullMQ's state may have changed while the connection was down (a failover): check it again.
+  opts.subscriptions.onResync(() => syncInBackground('reconnect'));
   await sync();
   logger.info({ queue: CRL_QUEUE, fileRoot }, 'CRL scheduler started');
 
   return {
     sync,
     async refresh(name: string): Promise<CrlStatus> {
-      const { crlSources } = await loadConfig(redis);
+      const { crlSources } = await fresh();
       const source = crlSources.find((s) => s.name === name);
       if (!source) throw new CrlSourceNotFoundError(name);
       return run(source);
     },
     async stop(): Promise<void> {
       stopped = true;
-      await sub.unsubscribe().catch(() => undefined);
       await runs.idle();
       await worker.close();
       await queue.close();
-      await Promise.all(connections.map((c) => c.quit().catch(() => c.disconnect())));
+      await Promise.all([queueConn, workerConn].map((c) => c.quit().catch(() => c.disconnect())));
     },
   };
 }
@@ -209,7 +212,7 @@ export async function startCrlScheduler(opts: CrlSchedulerOptions): Promise<CrlS
  * meanwhile is then in that configuration, so its fresh data is never taken
  * for a deleted source's.
  */
-async function removeDeletedSourcesData(redis: Redis, logger: MinimalLogger): Promise<void> {
+async function removeDeletedSourcesData(redis: Redis, fresh: () => Promise<VersionedConfig>, logger: MinimalLogger): Promise<void> {
   const stored = new Set<string>();
   for (const keyOf of [keys.crlStatus, keys.crlData]) {
     const [head, tail] = keyOf('\0').split('\0');
@@ -221,7 +224,7 @@ async function removeDeletedSourcesData(redis: Redis, logger: MinimalLogger): Pr
     }
   }
   if (stored.size === 0) return;
-  const configured = new Set((await loadConfig(redis)).crlSources.map((s) => s.name));
+  const configured = new Set((await fresh()).crlSources.map((s) => s.name));
   for (const name of stored) {
     if (configured.has(name)) continue;
     await deleteCrlData(redis, name);
@@ -242,17 +245,16 @@ export interface CrlRefreshClient {
  * with CrlSourceNotFoundError for an unknown source, and with a plain Error
  * when no scheduler process finished the job within `timeoutMs`.
  */
-export async function connectCrlRefreshClient(opts: { redisUrl: string; timeoutMs?: number }): Promise<CrlRefreshClient> {
+export async function connectCrlRefreshClient(opts: { connector: RedisConnector; timeoutMs?: number }): Promise<CrlRefreshClient> {
   const timeoutMs = opts.timeoutMs ?? 120_000;
-  const queueConn = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
-  const eventsConn = new Redis(opts.redisUrl, { maxRetriesPerRequest: null });
+  const queueConn = opts.connector.connect('crl-refresh-queue', 'bullmq');
+  const eventsConn = opts.connector.connect('crl-refresh-events', 'bullmq');
   const queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn });
   const events = new QueueEvents(CRL_QUEUE, { connection: eventsConn });
   // Connection errors surface as failed or timed-out refreshes; BullMQ would print them to stderr.
   const ignore = (): void => undefined;
   queue.on('error', ignore);
   events.on('error', ignore);
-  for (const c of [queueConn, eventsConn]) c.on('error', ignore);
   await events.waitUntilReady();
   return {
     async refresh(name: string): Promise<CrlStatus> {

@@ -62,7 +62,7 @@ function describe(e: AjvError, dataVar: string): ValidationIssue {
 
 /** Redis unreachable: ioredis gives up on a command or refuses it while offline. */
 function isRedisUnavailable(err: Error): boolean {
-  return err.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED/.test(err.message);
+  return err.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|Command timed out/.test(err.message);
 }
 
 function statusOf(err: FastifyError | Error): { statusCode: number; message: string; details?: ValidationIssue[] } {

@@ -3,8 +3,9 @@
 // nobody changed the configuration since that version (412 otherwise).
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { ConfigValidationError, ConfigVersionMismatchError, updateConfig } from '../shared/config/store.ts';
+import { ConfigValidationError, ConfigVersionMismatchError, updateStoredConfig } from '../shared/config/store.ts';
 import { validateConfig } from '../shared/config/validate.ts';
+import { listWorkers } from '../shared/status/workers.ts';
 import type { NewAuditEntry } from '../shared/config/audit.ts';
 import type { Config, VersionedConfig } from '../shared/config/schemas.ts';
 import type { ConfigCache } from './config-cache.ts';
@@ -32,15 +33,19 @@ export interface ConfigWriter {
   (request: FastifyRequest, reply: FastifyReply, change: (c: Config) => Config, audit: Pick<NewAuditEntry, 'kind' | 'name' | 'action'>): Promise<VersionedConfig>;
 }
 
-export function configWriter(redis: Redis, cache: ConfigCache): ConfigWriter {
+/** `transactions`: a connection for the store's WATCH/MULTI only; `redis`: for everything else. */
+export function configWriter(transactions: Redis, redis: Redis, cache: ConfigCache): ConfigWriter {
   return async (request, reply, change, audit) => {
-    const written = await updateConfig(redis, change, {
+    // Above what any running worker runs: after a failover that lost writes they refuse lower versions.
+    const versionFloor = Math.max(0, ...(await listWorkers(redis)).map((w) => w.configVersion));
+    const written = await updateStoredConfig(transactions, change, {
       expectedVersion: requiredVersion(request),
       audit: { ...audit, token: principalOf(request).name },
+      versionFloor,
     });
     cache.offer(written);
-    setVersion(reply, written.version);
-    return written;
+    setVersion(reply, written.config.version);
+    return written.config;
   };
 }
 

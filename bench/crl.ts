@@ -54,6 +54,7 @@ import { keys } from '../shared/redis/keys.ts';
 import { startSystem, type System } from '../test/helpers/system.ts';
 import { peopleLdif } from '../test/helpers/people.ts';
 import { freePort } from '../test/helpers/ports.ts';
+import { processRedis } from '../test/helpers/follow.ts';
 import type { Issued } from '../test/helpers/pki.ts';
 import { cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
 import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/load-generator.ts';
@@ -629,7 +630,8 @@ async function main(): Promise<void> {
     const [, tInlineCold] = await step(() => parseCrl(der, 'asn1'));
     for (let i = 0; i < 2; i++) parseCrl(der, 'asn1');
     const [, tInlineWarm] = await step(() => parseCrl(der, 'asn1'));
-    const store = own(new CrlStore(sys.redis.url, silent), (s) => s.stop());
+    const shared = own(await processRedis(sys.redis.url, { mode: 'runner', logger: silent }), (p) => p.close());
+    const store = own(new CrlStore({ ...shared, logger: silent }), (s) => s.stop());
     const [, tStoreStart] = await step(() => store.start());
     console.log(`   worker load: Redis read (STRLEN + MULTI of ${Math.ceil(der.length / REDIS_SLICE)} GETRANGE slices + join) ${fmt(tRead, 0)} ms, ` +
       `parseCrlOffThread ${fmt(tParseOff, 0)} ms; CrlStore.start() in all ${fmt(tStoreStart, 0)} ms (the worker took ${lastRun.load === null ? 'n/a' : fmt(lastRun.load, 0)} ms in the last run)`);

@@ -50,6 +50,7 @@ TEST_PACKAGES=(
   389-ds-base          # 389 Directory Server (test/helpers/dirsrv.ts)
   libnss3-tools        # certutil, pk12util: the 389-ds server certificate
   haproxy              # a real TCP balancer sending the PROXY protocol (v1 and v2)
+  redis-sentinel       # Redis high availability tests (a master, a replica, three sentinels)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "${1:-}" = --test ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -145,6 +146,7 @@ EOF
   for p in "${missing[@]}"; do
     case "$p" in
       redis-server) stop_system_service redis-server /run/redis/redis-server.pid ;;
+      redis-sentinel) stop_system_service redis-sentinel /run/sentinel/redis-sentinel.pid ;;
       slapd) stop_system_service slapd /run/slapd/slapd.pid ;;
       prometheus) stop_system_service prometheus /run/prometheus/prometheus.pid ;;
       samba-ad-dc) stop_system_service samba-ad-dc /run/samba/samba.pid ;;

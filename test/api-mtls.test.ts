@@ -13,7 +13,8 @@ import { Redis } from 'ioredis';
 import { httpsOptionsFromEnv, revocationHook } from '../api/mtls.ts';
 import { updateConfig } from '../shared/config/store.ts';
 import { refreshSource } from '../shared/pki/crl/refresh.ts';
-import { CrlStore } from '../shared/pki/crl/store.ts';
+import type { CrlStore } from '../shared/pki/crl/store.ts';
+import { startCrlStore } from './helpers/follow.ts';
 import { DEFAULT_CRL_SETTINGS, DEFAULT_OCSP_SETTINGS, type CrlSettings, type CrlSource, type OcspSettings } from '../shared/config/schemas.ts';
 import { OcspChecker } from '../shared/pki/ocsp/checker.ts';
 import { startOcspResponder, type OcspResponder } from './helpers/ocsp-responder.ts';
@@ -82,8 +83,7 @@ before(async () => {
   await Promise.all([writeFile(env.API_TLS_CERT, server.certPem), writeFile(env.API_TLS_KEY, server.keyPem), writeFile(env.API_CLIENT_CA, pki.root.certPem)]);
 
   redis = new Redis(redisServer.url);
-  store = new CrlStore(redisServer.url, testLogger());
-  await store.start();
+  store = await startCrlStore(redisServer.url, testLogger());
   settings = { ...DEFAULT_CRL_SETTINGS, webInterface: true };
 
   const httpsOptions = httpsOptionsFromEnv(env);

@@ -29,7 +29,7 @@ function event(overrides: Partial<NewSessionEvent>): NewSessionEvent {
 }
 
 function worker(id: string, lastSeen: Date): WorkerStatus {
-  return { id, listeners: [{ name: 'submission', address: '127.0.0.1', port: 2587 }], configVersion: 3, crls: [], sessions: 0, lastSeen: lastSeen.toISOString() };
+  return { id, listeners: [{ name: 'submission', address: '127.0.0.1', port: 2587 }], configVersion: 0, crls: [], sessions: 0, lastSeen: lastSeen.toISOString(), processes: 1, listenerErrors: [], configError: null };
 }
 
 describe('events, workers, metrics, health', () => {

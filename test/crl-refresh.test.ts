@@ -13,7 +13,8 @@ import { parseCrl } from '../shared/pki/crl/parse.ts';
 import { downloadCrl } from '../shared/pki/crl/download.ts';
 import { deleteCrlData, refreshSource, trustedCrlSigners, type RefreshContext } from '../shared/pki/crl/refresh.ts';
 import { readCrlStatus } from '../shared/pki/crl/stored.ts';
-import { CrlStore, type RevocationVerdict } from '../shared/pki/crl/store.ts';
+import type { CrlStore, RevocationVerdict } from '../shared/pki/crl/store.ts';
+import { startCrlStore } from './helpers/follow.ts';
 import { updateConfig } from '../shared/config/store.ts';
 import { keys } from '../shared/redis/keys.ts';
 import { DEFAULT_CRL_SETTINGS, type CrlSource, type Listener } from '../shared/config/schemas.ts';
@@ -65,9 +66,7 @@ async function inForce(name: string, crl: Buffer, extra: Partial<CrlSource> = {}
 const chainOf = (leaf: Issued, ...cas: CaHandle[]): X509Certificate[] => [leaf.x509, ...cas.map((c) => c.x509)];
 
 async function startStore(): Promise<CrlStore> {
-  const store = new CrlStore(redisServer.url, logger);
-  await store.start();
-  return store;
+  return startCrlStore(redisServer.url, logger);
 }
 
 before(async () => {

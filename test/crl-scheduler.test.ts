@@ -15,6 +15,9 @@ import { startCrlServer, testLogger, type CrlServer } from './helpers/crl-server
 import { eventually } from './helpers/wait.ts';
 import { createPki, type Pki } from './helpers/pki.ts';
 import { startRedis, type TestRedis } from './helpers/redis.ts';
+import { processRedis } from './helpers/follow.ts';
+import { redisConnector } from '../shared/redis/connection.ts';
+import type { ProcessRedis } from '../shared/process/kit.ts';
 
 let redisServer: TestRedis;
 let redis: Redis;
@@ -24,6 +27,7 @@ let queue: Queue<DownloadJobData>;
 let pki: Pki;
 let web: CrlServer;
 let scheduler: CrlScheduler;
+let shared: ProcessRedis;
 
 function source(name: string, extra: Partial<CrlSource> = {}): CrlSource {
   return { name, fileType: 'asn1', primaryUrl: web.url(`/${name}.crl`), secondaryUrl: null, schedule: { everySeconds: 3600 }, enabled: true, ...extra };
@@ -47,11 +51,13 @@ before(async () => {
   queue = new Queue<DownloadJobData>(CRL_QUEUE, { connection: queueConn });
   // The CAs trusted to sign CRLs come from the configuration.
   await updateConfig(admin, (c) => ({ ...c, crlSettings: { ...c.crlSettings, trustedCaPem: pki.root.certPem + pki.intermediate.certPem } }));
-  scheduler = await startCrlScheduler({ redisUrl: redisServer.url, logger: testLogger(), fileRoot: null });
+  shared = await processRedis(redisServer.url);
+  scheduler = await startCrlScheduler({ ...shared, logger: testLogger(), fileRoot: null });
 });
 
 after(async () => {
   await scheduler?.stop();
+  await shared?.close();
   await queue?.close();
   for (const c of [redis, admin, queueConn]) c?.disconnect();
   await Promise.all([web?.close(), redisServer?.stop(), pki?.cleanup()]);
@@ -124,7 +130,7 @@ describe('CRL scheduler', () => {
   });
 
   test('an API with SCHEDULER=off refreshes through the queue, disabled sources too', async () => {
-    const client = await connectCrlRefreshClient({ redisUrl: redisServer.url });
+    const client = await connectCrlRefreshClient({ connector: shared.connector });
     try {
       const hits = web.hits('/a-moved.crl');
       const status = await client.refresh('a');
@@ -141,7 +147,7 @@ describe('CRL scheduler', () => {
 
   test('without a scheduler process, a queued refresh times out with a clear error', async () => {
     const lonely = await startRedis();
-    const client = await connectCrlRefreshClient({ redisUrl: lonely.url, timeoutMs: 300 });
+    const client = await connectCrlRefreshClient({ connector: redisConnector(lonely.url, testLogger()), timeoutMs: 300 });
     try {
       await assert.rejects(client.refresh('a'), /no CRL scheduler finished the refresh within 0\.3 s/);
     } finally {
@@ -179,7 +185,8 @@ describe('CRL scheduler', () => {
   });
 
   test('two schedulers side by side (two API processes) download a new source once', async () => {
-    const second = await startCrlScheduler({ redisUrl: redisServer.url, logger: testLogger(), fileRoot: null });
+    const secondShared = await processRedis(redisServer.url);
+    const second = await startCrlScheduler({ ...secondShared, logger: testLogger(), fileRoot: null });
     try {
       web.serve('/d.crl', await pki.crl('intermediate', []), { delayMs: 200 });
       await configure(source('d'));
@@ -189,6 +196,7 @@ describe('CRL scheduler', () => {
       assert.equal((await queue.getJobSchedulers()).filter((s) => s.key === 'crl:d').length, 1);
     } finally {
       await second.stop();
+      await secondShared.close();
     }
   });
 });

@@ -1,18 +1,18 @@
-// The worker: follows the configuration in Redis and keeps one SMTP server per enabled
-// listener in step with it, without a restart and without cutting sessions in flight.
-import { Redis } from 'ioredis';
+// The SMTP side of a worker process: keeps one SMTP server per enabled listener in step
+// with the configuration its follower applies, without a restart and without cutting
+// sessions in flight. A listener that cannot be bound (address in use, permission) is an
+// error it reports (`listenerErrors`) and tries again every few seconds.
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { loadConfig } from '../shared/config/store.ts';
-import { recordEvent } from '../shared/status/events.ts';
-import { keys } from '../shared/redis/keys.ts';
+import type { ConfigFollower } from '../shared/config/follower.ts';
+import type { EventRecorder } from '../shared/status/events.ts';
 import type { Listener, VersionedConfig, WorkerStatus } from '../shared/config/schemas.ts';
-import { publishHeartbeat } from '../shared/status/workers.ts';
 import { DirectoryRegistry } from './directories.ts';
 import { sessionLogLine } from './session-log.ts';
 import { buildRuntime } from './smtp/runtime.ts';
 import { createListenerServer, tlsOptions } from './smtp/server.ts';
 import { WorkerMetrics } from './metrics.ts';
-import { AuthThrottle } from './auth-throttle.ts';
+import type { AuthThrottle } from './auth-throttle.ts';
 import { ClientConnections } from './smtp/client-connections.ts';
 import { NextHopPool } from './relay/pool.ts';
 import type { CrlStore } from '../shared/pki/crl/store.ts';
@@ -23,21 +23,32 @@ import type { ListenerRuntime } from './smtp/runtime.ts';
 import type { GatewayServer } from './smtp/adapter.ts';
 import type { X509Certificate } from 'node:crypto';
 
-const HEARTBEAT_MS = 5_000;
-/** Safety net behind the change channel (a message lost while Redis reconnected). */
-const POLL_MS = 5_000;
+/** A listener that could not be bound is tried again this often. */
+const BIND_RETRY_MS = 5_000;
 /** SPEC §1: sessions in flight get up to 30 s when a listener goes away or the worker stops. */
 const DRAIN_MS = 30_000;
 
+export type ListenerError = WorkerStatus['listenerErrors'][number];
+
 export interface GatewayOptions {
-  redisUrl: string;
+  /** The process's configuration follower, started. */
+  follower: ConfigFollower;
+  /** A `commands` connection of the process (the shared OCSP answers). */
+  redis: Redis;
+  /** SPEC §2.4 authFailureThrottle, on a connection of its own (worker/engine.ts). */
+  throttle: AuthThrottle;
+  events: EventRecorder;
   workerId: string;
   portOffset: number;
   logger: Logger;
   metrics: WorkerMetrics;
-  /** The CRLs in force (shared/crl-store.ts); absent: nothing is revocation-checked. */
+  /** The CRLs in force (shared/pki/crl/store.ts); absent: nothing is revocation-checked. */
   crls?: Pick<CrlStore, 'check' | 'status'>;
+  /** After each configuration version is applied (the heartbeat then says so at once). */
+  onApplied?: () => void;
 }
+
+export type GatewayStatus = Pick<WorkerStatus, 'listeners' | 'listenerErrors' | 'configVersion' | 'sessions'>;
 
 interface RunningListener {
   server: GatewayServer;
@@ -50,10 +61,6 @@ interface RunningListener {
 }
 
 export class Gateway {
-  private readonly redis: Redis;
-  private readonly sub: Redis;
-  private readonly throttleRedis: Redis;
-  private readonly throttle: AuthThrottle;
   private readonly running = new Map<string, RunningListener>();
   private readonly directories: DirectoryRegistry;
   /** Next-hop connections kept between messages (worker/relay/pool.ts). */
@@ -64,26 +71,18 @@ export class Gateway {
   private revocationSettings: RevocationSettings | null = null;
   /** §2.6b: OCSP answers shared with every worker through Redis. */
   private readonly ocsp: OcspChecker;
+  /** The configuration applied last (listeners not bound yet are bound from it on retry). */
+  private config: VersionedConfig | null = null;
+  private readonly listenerErrors = new Map<string, ListenerError>();
   private sessions = 0;
   private applying: Promise<void> = Promise.resolve();
-  private reloadQueued = false;
-  private timers: NodeJS.Timeout[] = [];
+  private retryTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   /** Listeners closed but still finishing their sessions. */
   private readonly draining = new Set<Promise<void>>();
 
   constructor(private readonly o: GatewayOptions) {
-    // Auto-pipelining batches the event XADDs of concurrent sessions into fewer round trips.
-    this.redis = new Redis(o.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2, enableAutoPipelining: true });
-    this.sub = new Redis(o.redisUrl, { lazyConnect: true });
-    this.redis.on('error', (err) => o.logger.warn({ err: err.message }, 'redis error'));
-    this.sub.on('error', (err) => o.logger.warn({ err: err.message }, 'redis subscriber error'));
-    // The throttle's own connection: no offline queue and a short command timeout, so that an
-    // AUTH falls back to per-process counts at once while Redis is away (worker/auth-throttle.ts).
-    this.throttleRedis = new Redis(o.redisUrl, { lazyConnect: true, enableOfflineQueue: false, commandTimeout: 500, maxRetriesPerRequest: 0, enableAutoPipelining: true });
-    this.throttleRedis.on('error', (err) => o.logger.debug({ err: err.message }, 'redis (auth throttle) error'));
-    this.throttle = new AuthThrottle(this.throttleRedis);
-    this.ocsp = new OcspChecker({ redis: this.redis, logger: o.logger, observer: o.metrics.ocsp });
+    this.ocsp = new OcspChecker({ redis: o.redis, logger: o.logger, observer: o.metrics.ocsp });
     this.pool = new NextHopPool({}, (reused) => o.metrics.nextHopConnections.inc({ connection: reused ? 'reused' : 'new' }));
     this.directories = new DirectoryRegistry(
       (q) => o.metrics.ldap.observe({ kind: q.kind, ok: String(q.ok) }, q.durationMs / 1000),
@@ -96,7 +95,7 @@ export class Gateway {
         o.logger.debug({ event: e }, 'session event');
         const line = sessionLogLine(e);
         if (line) o.logger.info(line.fields, line.msg);
-        recordEvent(this.redis, e).catch((err: Error) => o.logger.warn({ err: err.message }, 'cannot record event'));
+        o.events.record(e);
       },
       directory: (name) => this.directories.get(name),
       revocation: (chain) => this.revocation(chain, 'inboundSmtpTls'),
@@ -127,41 +126,36 @@ export class Gateway {
         throttled: (scope) => o.metrics.authThrottled.inc({ scope }),
         limit: (limit) => o.metrics.limits.inc({ limit }),
       },
-      throttle: this.throttle,
+      throttle: o.throttle,
       clients: new ClientConnections(),
     };
   }
 
+  /** Applies the configuration in force and every later one; resolves once the first is applied. */
   async start(): Promise<void> {
-    await this.redis.connect();
-    await this.sub.connect();
-    await this.throttleRedis.connect();
-    this.sub.on('message', () => this.reload());
-    // Re-read after a reconnect: changes published while disconnected were missed.
-    this.sub.on('ready', () => this.reload());
-    await this.sub.subscribe(keys.configChannel);
-    this.reload();
-    await this.applying;
-    this.timers.push(setInterval(() => this.reload(), POLL_MS), setInterval(() => void this.heartbeat(), HEARTBEAT_MS));
-    await this.heartbeat();
+    const config = this.o.follower.follow((c) => this.enqueue(() => this.apply(c)));
+    if (config) await this.enqueue(() => this.apply(config));
+    this.retryTimer = setInterval(() => {
+      if (this.listenerErrors.size > 0) void this.enqueue(() => this.bindMissing());
+    }, BIND_RETRY_MS);
   }
 
-  /** Coalesces change notifications: at most one apply runs, at most one more is queued. */
-  reload(): void {
-    if (this.stopping || this.reloadQueued) return;
-    this.reloadQueued = true;
+  /** Configuration work runs one step at a time (the follower also waits for each). */
+  private enqueue(step: () => Promise<void>): Promise<void> {
     this.applying = this.applying.then(async () => {
-      this.reloadQueued = false;
+      if (this.stopping) return;
       try {
-        const config = await loadConfig(this.redis);
-        if (config.version !== this.version) await this.apply(config);
+        await step();
       } catch (err) {
         this.o.logger.error({ err: (err as Error).message }, 'cannot apply configuration; keeping the previous one');
       }
     });
+    return this.applying;
   }
 
   private async apply(config: VersionedConfig): Promise<void> {
+    if (config === this.config) return;
+    this.config = config;
     this.directories.apply(config.ldapProfiles);
     this.revocationSettings = { crlSettings: config.crlSettings, ocspSettings: config.ocspSettings };
     const wanted = new Map(config.listeners.filter((l) => l.enabled).map((l) => [l.name, l]));
@@ -169,6 +163,7 @@ export class Gateway {
       const l = wanted.get(name);
       if (!l || bindKey(l, this.o.portOffset) !== r.bindKey) await this.stopListener(name);
     }
+    for (const name of this.listenerErrors.keys()) if (!wanted.has(name)) this.listenerErrors.delete(name);
     for (const [name, listener] of wanted) {
       const runtime = buildRuntime(listener, config);
       const current = this.running.get(name);
@@ -187,8 +182,18 @@ export class Gateway {
     }
     this.version = config.version;
     this.o.metrics.configVersion.set(config.version);
-    this.o.logger.info({ version: config.version, listeners: [...this.running.keys()] }, 'configuration applied');
-    void this.heartbeat();
+    this.o.logger.info({ version: config.version, listeners: [...this.running.keys()], listenerErrors: this.listenerErrors.size }, 'configuration applied');
+    this.o.onApplied?.();
+  }
+
+  /** Tries again the enabled listeners that could not be bound. */
+  private async bindMissing(): Promise<void> {
+    const config = this.config;
+    if (!config) return;
+    for (const listener of config.listeners) {
+      if (listener.enabled && !this.running.has(listener.name)) await this.startListener(listener, buildRuntime(listener, config));
+    }
+    this.o.onApplied?.();
   }
 
   private async startListener(listener: Listener, runtime: ListenerRuntime): Promise<void> {
@@ -219,9 +224,16 @@ export class Gateway {
         });
       });
       this.running.set(listener.name, entry);
+      this.listenerErrors.delete(listener.name);
       this.o.logger.info({ listener: listener.name, address: listener.address, port: entry.port }, 'listener started');
     } catch (err) {
-      this.o.logger.error({ listener: listener.name, port: entry.port, err: (err as Error).message }, 'cannot start listener');
+      const error = (err as Error).message;
+      // Logged when it starts or changes, not on every retry.
+      if (this.listenerErrors.get(listener.name)?.error !== error) {
+        this.o.logger.error({ listener: listener.name, address: listener.address, port: entry.port, err: error }, 'cannot bind listener; retrying every 5 s');
+      }
+      this.listenerErrors.set(listener.name, { name: listener.name, address: listener.address, port: entry.port, error });
+      server.close(() => undefined);
     }
   }
 
@@ -250,38 +262,25 @@ export class Gateway {
     return checkRevocation({ crls: this.o.crls ?? null, ocsp: this.ocsp }, chain, which, settings);
   }
 
-  status(): WorkerStatus {
+  /** What this process serves now, for the heartbeat (worker/front.ts merges the processes'). */
+  status(): GatewayStatus {
     return {
-      id: this.o.workerId,
       listeners: [...this.running.entries()].map(([name, r]) => ({ name, address: r.runtime.current.listener.address, port: r.port })),
+      listenerErrors: [...this.listenerErrors.values()],
       configVersion: Math.max(this.version, 0),
-      crls: this.o.crls?.status() ?? [],
       sessions: this.sessions,
-      lastSeen: new Date().toISOString(),
     };
-  }
-
-  private async heartbeat(): Promise<void> {
-    if (this.stopping) return;
-    const status = this.status();
-    this.o.metrics.crlEntries.reset();
-    for (const c of status.crls) this.o.metrics.crlEntries.set({ source: c.source }, c.revokedCount);
-    await publishHeartbeat(this.redis, status).catch((err: Error) => this.o.logger.warn({ err: err.message }, 'heartbeat failed'));
   }
 
   /** SIGTERM: no new sessions, in-flight ones get up to 30 s, then everything closes. */
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const t of this.timers) clearInterval(t);
+    if (this.retryTimer) clearInterval(this.retryTimer);
     await this.applying;
     for (const name of [...this.running.keys()]) await this.stopListener(name);
     await Promise.all(this.draining);
     this.pool.close();
-    await this.redis.hdel(keys.workers, this.o.workerId).catch(() => undefined);
     await this.directories.close();
-    this.sub.disconnect();
-    this.throttleRedis.disconnect();
-    this.redis.disconnect();
   }
 }
 

@@ -1,11 +1,17 @@
-// Prometheus metrics of a worker, served on METRICS_PORT.
-import http from 'node:http';
+// Prometheus metrics of one worker process (served on METRICS_PORT by worker/front.ts).
+// With WORKER_PROCESSES > 1 the front merges the registries of all processes
+// (prom-client's AggregatorRegistry): counters and histograms add up, and each gauge
+// says how it merges (`aggregator`): sessions open add up, the configuration version
+// and CRL sizes take the lowest (the process furthest behind), the configuration age
+// the highest.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ocspMetrics } from '../shared/status/ocsp-metrics.ts';
 import type { RelayResult } from './relay/next-hop.ts';
 
 export class WorkerMetrics {
   readonly registry = new Registry();
+  /** Read when metrics are collected: set them to what they measure. */
+  readonly sources = { configAgeSeconds: (): number => -1, eventsPending: (): number => 0 };
   readonly sessions = new Counter({ name: 'certgate_smtp_sessions_total', help: 'SMTP sessions accepted', labelNames: ['listener'], registers: [this.registry] });
   readonly activeSessions = new Gauge({ name: 'certgate_smtp_sessions_active', help: 'SMTP sessions open now', registers: [this.registry] });
   readonly proxyRejected = new Counter({
@@ -43,10 +49,19 @@ export class WorkerMetrics {
     name: 'certgate_ldap_duration_seconds', help: 'LDAP operation latency', labelNames: ['kind', 'ok'],
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry],
   });
-  readonly configVersion = new Gauge({ name: 'certgate_config_version', help: 'Configuration version applied', registers: [this.registry] });
+  readonly configVersion = new Gauge({ name: 'certgate_config_version', help: 'Configuration version applied', registers: [this.registry], aggregator: 'min' });
   /** §2.6b: OCSP requests, cache hits and results by outcome. */
   readonly ocsp = ocspMetrics(this.registry);
-  readonly crlEntries = new Gauge({ name: 'certgate_crl_revoked_entries', help: 'Revoked serials held, by CRL source', labelNames: ['source'], registers: [this.registry] });
+  readonly crlEntries = new Gauge({
+    name: 'certgate_crl_revoked_entries', help: 'Revoked serials held, by CRL source', labelNames: ['source'], registers: [this.registry], aggregator: 'min',
+  });
+  readonly eventsDropped = new Counter({
+    name: 'certgate_events_dropped_total', help: 'Session events lost because 10,000 were already waiting for Redis', registers: [this.registry],
+  });
+  readonly eventsPending = this.measured('certgate_events_pending', 'Session events waiting to be written to Redis', 'sum', () => this.sources.eventsPending());
+  readonly configAge = this.measured(
+    'certgate_config_age_seconds', 'Seconds since Redis last confirmed the configuration in force (-1: never)', 'max', () => this.sources.configAgeSeconds(),
+  );
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });
@@ -58,22 +73,7 @@ export class WorkerMetrics {
     if (!result.accepted) this.nextHopFailures.inc({ stage: result.stage, class: cls });
   }
 
-  /** Serves GET /metrics; resolves once listening. */
-  async serve(host: string, port: number): Promise<http.Server> {
-    const server = http.createServer((req, res) => {
-      if (req.method !== 'GET' || req.url !== '/metrics') {
-        res.writeHead(404).end();
-        return;
-      }
-      this.registry.metrics().then(
-        (body) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(body),
-        () => res.writeHead(500).end(),
-      );
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => resolve());
-    });
-    return server;
+  private measured(name: string, help: string, aggregator: 'sum' | 'max', read: () => number): Gauge {
+    return new Gauge({ name, help, registers: [this.registry], aggregator, collect() { this.set(read()); } });
   }
 }

@@ -390,6 +390,14 @@ export const WorkerStatus = Type.Object(
     crls: Type.Array(Type.Object({ source: Type.String(), issuer: Type.String(), crlNumber: Type.Union([Type.String(), Type.Null()]), revokedCount: Type.Integer() })),
     sessions: Type.Integer({ description: 'SMTP sessions open now' }),
     lastSeen: Type.String({ format: 'date-time' }),
+    processes: Type.Integer({ minimum: 1, description: 'Processes of this worker (WORKER_PROCESSES) that report to it now' }),
+    listenerErrors: Type.Array(
+      Type.Object({ name: Type.String(), address: Type.String(), port: Type.Integer(), error: Type.String({ description: 'Why it cannot be bound, e.g. "listen EADDRINUSE: address already in use 127.0.0.1:25"' }) }),
+      { description: 'Enabled listeners the worker cannot bind (it tries again every 5 s)' },
+    ),
+    configError: Type.Union([Type.String(), Type.Null()], {
+      description: 'Why the stored configuration is not the one this worker runs (an empty store, an older version, an unreadable document); null when it is',
+    }),
   },
   { $id: 'WorkerStatus' },
 );

@@ -1,8 +1,25 @@
 // What every certgate process does the same way (SPEC §1): read its environment, exit
-// non-zero with a one-line reason when it is unusable, and drain on SIGTERM.
+// non-zero with a one-line reason when it is unusable, reach Redis the same way (one
+// connection factory, one connection for commands, one subscriber, one configuration
+// follower per process), and drain on SIGTERM.
 import { statSync } from 'node:fs';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
+import { ConfigFollower, DEFAULT_POLL_MS, type FollowMode } from '../config/follower.ts';
+import { RedisSettingsError, checkRedis, redisConnector, redisSettings, type RedisConnector } from '../redis/connection.ts';
+import { Subscriptions } from '../redis/subscriptions.ts';
+import type { MinimalLogger } from '../util/logger.ts';
+
+/** A process's Redis: what every part of it shares. */
+export interface ProcessRedis {
+  connector: RedisConnector;
+  /** The `commands` connection everything in the process shares. */
+  redis: Redis;
+  subscriptions: Subscriptions;
+  /** Started: the configuration was loaded once. */
+  follower: ConfigFollower;
+  close(): Promise<void>;
+}
 
 export interface ProcessKit {
   logger: Logger;
@@ -10,12 +27,15 @@ export interface ProcessKit {
   fatal(reason: string): never;
   /** An integer variable within [min, max], or `fallback` when unset. */
   intEnv(name: string, fallback: number, min: number, max: number): number;
-  /** REDIS_URL (default redis://127.0.0.1:6379), checked to be a redis URL; `shown` has the password masked. */
-  redisUrl(): { url: string; shown: string };
+  /**
+   * The Redis settings (REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD)
+   * checked to reach a writable master within 10 s, the shared connections and the started
+   * configuration follower. `pollMs` replaces CONFIG_POLL_SECONDS (default 5, 0: no poll). Fatal
+   * with the reason when the settings cannot work.
+   */
+  connectRedis(mode: FollowMode, pollMs?: number | null): Promise<ProcessRedis>;
   /** CRL_FILE_ROOT: the only directory `file:` CRL URLs may read; null when unset (then they are refused). */
   crlFileRoot(): string | null;
-  /** Fails fast with a reason when Redis cannot be reached within 10 s (instead of ioredis retrying forever). */
-  checkRedis(url: string, shown: string): Promise<void>;
   /**
    * On SIGTERM/SIGINT: runs `stop` once, exits 0 when it is done, exits 1 if it takes more
    * than `timeoutMs`. Install it early: a signal during start-up then still stops cleanly.
@@ -23,7 +43,24 @@ export interface ProcessKit {
   onShutdown(stop: () => Promise<unknown>, timeoutMs?: number): void;
 }
 
-const REDIS_CONNECT_TIMEOUT_MS = 10_000;
+/** The shared connections and the started follower of a process (also for tests and benchmarks). */
+export async function openProcessRedis(
+  connector: RedisConnector,
+  o: { name: string; mode: FollowMode; pollMs: number | null; logger: MinimalLogger },
+): Promise<ProcessRedis> {
+  const redis = connector.connect(o.name, 'commands');
+  const subscriptions = new Subscriptions(connector.connect(`${o.name}-subscriber`, 'subscriber'));
+  const follower = new ConfigFollower({ redis, subscriptions, mode: o.mode, pollMs: o.pollMs, logger: o.logger });
+  await follower.start();
+  return {
+    connector, redis, subscriptions, follower,
+    async close() {
+      await follower.stop();
+      subscriptions.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
+}
 
 export function processKit(name: string): ProcessKit {
   const logger = pino({ name: `certgate-${name}`, level: process.env.LOG_LEVEL || 'info' });
@@ -32,7 +69,7 @@ export function processKit(name: string): ProcessKit {
     process.stderr.write(`certgate ${name}: ${reason}\n`);
     process.exit(1);
   };
-  return {
+  const kit: ProcessKit = {
     logger,
     fatal,
     intEnv(variable, fallback, min, max) {
@@ -41,13 +78,6 @@ export function processKit(name: string): ProcessKit {
       const n = Number(raw);
       if (!/^[0-9]+$/.test(raw) || n < min || n > max) fatal(`${variable} must be an integer from ${min} to ${max}, not "${raw}"`);
       return n;
-    },
-    redisUrl() {
-      const url = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
-      const parsed = URL.canParse(url) ? new URL(url) : null;
-      if (!parsed || !/^rediss?:$/.test(parsed.protocol)) return fatal(`REDIS_URL must be a redis:// or rediss:// URL, not "${url}"`);
-      if (parsed.password) parsed.password = '***';
-      return { url, shown: parsed.toString() };
     },
     crlFileRoot() {
       const raw = process.env.CRL_FILE_ROOT;
@@ -61,21 +91,18 @@ export function processKit(name: string): ProcessKit {
       if (!isDir) fatal(`CRL_FILE_ROOT "${raw}" is not a directory`);
       return raw;
     },
-    async checkRedis(url, shown) {
-      const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      let lastError = 'timed out';
-      probe.on('error', (err: Error) => (lastError = err.message));
+    async connectRedis(mode, pollMs) {
+      let settings;
       try {
-        await Promise.race([
-          probe.connect(),
-          new Promise((_, reject) => setTimeout(() => reject(new Error(lastError)), REDIS_CONNECT_TIMEOUT_MS).unref()),
-        ]);
-        await probe.ping();
-      } catch {
-        probe.disconnect();
-        fatal(`cannot connect to Redis at ${shown}: ${lastError}`);
+        settings = redisSettings(process.env);
+      } catch (err) {
+        if (err instanceof RedisSettingsError) fatal(err.message);
+        throw err;
       }
-      await probe.quit();
+      const reason = await checkRedis(settings);
+      if (reason) fatal(reason);
+      const poll = pollMs !== undefined ? pollMs : kit.intEnv('CONFIG_POLL_SECONDS', DEFAULT_POLL_MS / 1000, 0, 3600) * 1000 || null;
+      return openProcessRedis(redisConnector(settings, logger), { name, mode, pollMs: poll, logger });
     },
     onShutdown(stop, timeoutMs = 35_000) {
       let stopping = false;
@@ -93,4 +120,5 @@ export function processKit(name: string): ProcessKit {
       }
     },
   };
+  return kit;
 }

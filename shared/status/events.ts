@@ -1,5 +1,14 @@
 // Authentication and session events (SPEC §2.7): workers append, the API queries.
 // A capped Redis stream; each entry holds the event as one JSON field `e`.
+//
+// Workers write through an EventRecorder (SPEC §1 "Redis unreachable"): events wait in
+// memory, up to 10,000, and go to Redis in batches (one pipeline of XADDs per round trip,
+// however many sessions ended meanwhile); when Redis is unreachable they wait until it is
+// back, and what does not fit is counted as dropped. Delivery is at least once: a batch
+// whose answer was lost with its connection is written again (ioredis resends it), so
+// a crash of Redis itself mid-batch may duplicate an event, never lose one that fitted.
+// Stream ids are the time of writing: events kept through an outage are listed where
+// they were written, each with its own `time`.
 import type { Redis } from 'ioredis';
 import { keys } from '../redis/keys.ts';
 import type { NewSessionEvent, SessionEvent } from '../config/schemas.ts';
@@ -14,6 +23,114 @@ const BATCH = 500;
 
 export async function recordEvent(redis: Redis, e: NewSessionEvent): Promise<void> {
   await redis.xadd(keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e', JSON.stringify(e));
+}
+
+export interface EventRecorderOptions {
+  /**
+   * A connection without a command timeout (a batch that timed out on a frozen Redis would
+   * still be written when it thaws, and writing it again would duplicate it).
+   */
+  redis: Redis;
+  /** Events held while Redis is unreachable (default 10,000, SPEC §1). */
+  maxPending?: number;
+  /** Events per pipeline (default 500). */
+  batch?: number;
+  /** Delay before a failed batch is tried again (default 1 s). */
+  retryMs?: number;
+  /** An event that did not fit. */
+  onDropped?: () => void;
+  /** A batch failed (it stays pending). */
+  onError?: (err: Error) => void;
+}
+
+export class EventRecorder {
+  private readonly pending: string[] = [];
+  private inFlight = 0;
+  private writing = false;
+  private scheduled = false;
+  private retry: NodeJS.Timeout | null = null;
+  private readonly max: number;
+  private readonly batch: number;
+  private readonly idle = new Set<() => void>();
+
+  constructor(private readonly o: EventRecorderOptions) {
+    this.max = o.maxPending ?? 10_000;
+    this.batch = o.batch ?? 500;
+    o.redis.on('ready', () => this.kick());
+  }
+
+  /** Events not yet written. */
+  get size(): number {
+    return this.pending.length + this.inFlight;
+  }
+
+  /** Queues one event; written within one round trip when Redis answers. */
+  record(e: NewSessionEvent): void {
+    if (this.size >= this.max) {
+      this.o.onDropped?.();
+      return;
+    }
+    this.pending.push(JSON.stringify(e));
+    this.kick();
+  }
+
+  /** Resolves when everything recorded so far is written, or after `timeoutMs`; answers how many are left. */
+  async drain(timeoutMs: number): Promise<number> {
+    if (this.size > 0) {
+      let done!: () => void;
+      const written = new Promise<void>((resolve) => (done = resolve));
+      this.idle.add(done);
+      const timer = setTimeout(done, timeoutMs);
+      await written;
+      clearTimeout(timer);
+      this.idle.delete(done);
+    }
+    return this.size;
+  }
+
+  private kick(): void {
+    if (this.scheduled || this.writing || this.retry || this.pending.length === 0) return;
+    this.scheduled = true;
+    // After the current turn, so that the events of sessions ending together share a batch.
+    setImmediate(() => {
+      this.scheduled = false;
+      void this.write();
+    });
+  }
+
+  private async write(): Promise<void> {
+    if (this.writing || this.pending.length === 0) return;
+    if (this.o.redis.status !== 'ready') return; // the connection's `ready` kicks again
+    this.writing = true;
+    const events = this.pending.splice(0, this.batch);
+    this.inFlight = events.length;
+    const failed: string[] = [];
+    try {
+      const tx = this.o.redis.pipeline();
+      for (const e of events) tx.xadd(keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e', e);
+      const results = (await tx.exec()) ?? [];
+      results.forEach(([err], i) => err && failed.push(events[i]));
+      if (failed.length) this.o.onError?.(results.find(([err]) => err)![0]!);
+    } catch (err) {
+      failed.push(...events);
+      this.o.onError?.(err as Error);
+    } finally {
+      this.pending.unshift(...failed);
+      this.inFlight = 0;
+      this.writing = false;
+    }
+    if (failed.length) {
+      this.retry = setTimeout(() => {
+        this.retry = null;
+        this.kick();
+      }, this.o.retryMs ?? 1000);
+      this.retry.unref();
+    } else if (this.pending.length) {
+      void this.write();
+    } else {
+      for (const done of this.idle) done();
+    }
+  }
 }
 
 export interface EventFilter {

@@ -95,8 +95,8 @@ export interface System {
   api: ApiClient;
   apiProc: Proc;
   workers: Worker[];
-  /** Starts one more worker with its own port offset; resolves once it reports the current config version. */
-  startWorker(): Promise<Worker>;
+  /** Starts one more worker with its own port offset (and extra environment); resolves once it reports the current config version. */
+  startWorker(env?: Record<string, string>): Promise<Worker>;
   /** Resolves once every running worker has applied the current configuration version. */
   settled(timeoutMs?: number): Promise<void>;
   /**
@@ -114,14 +114,19 @@ export interface SystemOptions {
   apiEnv?: Record<string, string>;
   /** Extra environment for workers. */
   workerEnv?: Record<string, string>;
+  /** A Redis the test started (and stops) itself, instead of a throwaway one. */
+  redis?: TestRedis;
+  /** How every process finds Redis, instead of REDIS_URL at `redis` (e.g. REDIS_SENTINELS). */
+  redisEnv?: Record<string, string>;
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
-  const redis = await startRedis();
+  const redis = opts.redis ?? (await startRedis());
+  const redisEnv = opts.redisEnv ?? { REDIS_URL: redis.url };
   const [slapd, pki, sink] = await Promise.all([startSlapd(), createPki(), startSink()]);
   const apiPort = await freePort();
   const apiProc = spawnNode('api/main.ts', {
-    REDIS_URL: redis.url, API_HOST: '127.0.0.1', API_PORT: String(apiPort), API_TOKEN: TOKEN, SCHEDULER: 'off', LOG_LEVEL: 'warn',
+    ...redisEnv, API_HOST: '127.0.0.1', API_PORT: String(apiPort), API_TOKEN: TOKEN, SCHEDULER: 'off', LOG_LEVEL: 'warn',
     ...opts.apiEnv,
   });
   try {
@@ -139,13 +144,13 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
 
   const sys: System = {
     redis, slapd, pki, sink, api, apiProc, workers,
-    async startWorker() {
+    async startWorker(env = {}) {
       const offset = nextOffset;
       nextOffset += 1000;
       const metricsPort = await freePort();
       const proc = spawnNode('worker/main.ts', {
-        REDIS_URL: redis.url, WORKER_ID: `test-worker-${offset}`, WORKER_PORT_OFFSET: String(offset), METRICS_PORT: String(metricsPort),
-        ...opts.workerEnv,
+        ...redisEnv, WORKER_ID: `test-worker-${offset}`, WORKER_PORT_OFFSET: String(offset), METRICS_PORT: String(metricsPort),
+        ...opts.workerEnv, ...env,
       });
       const w: Worker = { ...proc, offset, metricsPort };
       workers.push(w);
@@ -182,7 +187,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       await Promise.all(workers.map((w) => w.stop()));
       await apiProc.stop();
       await Promise.all([sink.stop(), slapd.stop(), pki.cleanup()]);
-      await redis.stop();
+      if (!opts.redis) await redis.stop();
     },
   };
   try {

@@ -5,9 +5,13 @@
  *
  * - `start()` loads every enabled source's CRL (parsed in a worker thread,
  *   never on the event loop), then follows `keys.crlChannel` (a source's CRL
- *   changed: reload it) and `keys.configChannel` (sources added, removed,
- *   enabled or disabled). A subscriber reconnect re-syncs everything, since
- *   pub/sub drops messages while disconnected.
+ *   changed: reload it) on the process's subscriber connection, and the
+ *   process's configuration follower (sources added, removed, enabled or
+ *   disabled). A subscriber reconnect re-syncs every source, since pub/sub
+ *   drops messages while disconnected.
+ * - Redis losing its data does not lift revocations: a loaded CRL of a source
+ *   that is still enabled stays in force when its data is gone from Redis,
+ *   unless its writer announced the removal on `keys.crlChannel`.
  * - Only the index is kept (issuer, dates, the revoked-serial hash table);
  *   the DER goes away after parsing.
  * - `check()` is synchronous and O(chain length): one hash lookup per
@@ -18,14 +22,15 @@
  * A disabled source's CRL is not enforced (it would go stale unattended).
  */
 import type { X509Certificate } from 'node:crypto';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { parseCrlOffThread, type RevokedSerials } from './parse.ts';
-import { loadConfig } from '../../config/store.ts';
+import type { ConfigFollower } from '../../config/follower.ts';
+import type { Subscriptions } from '../../redis/subscriptions.ts';
 import { readCrlStatus, readStoredCrl } from './stored.ts';
 import { Coalescer } from '../../util/coalescer.ts';
 import type { MinimalLogger } from '../../util/logger.ts';
 import { keys } from '../../redis/keys.ts';
-import type { CrlSettings } from '../../config/schemas.ts';
+import type { CrlSettings, VersionedConfig } from '../../config/schemas.ts';
 import { canonicalName, nameTlv } from '../names.ts';
 import { certInfo } from '../certificate.ts';
 import { serialHexFromDer } from '../der.ts';
@@ -63,48 +68,55 @@ const LOAD_CONCURRENCY = 2;
 /** Delay before a failed reload is tried again. */
 const RETRY_MS = 5000;
 
+export interface CrlStoreOptions {
+  /** A `commands` connection of the process. */
+  redis: Redis;
+  subscriptions: Subscriptions;
+  /** The process's configuration follower, started. */
+  follower: ConfigFollower;
+  logger: MinimalLogger;
+}
+
 export class CrlStore {
   private readonly redis: Redis;
-  private readonly sub: Redis;
-  private readonly ownsRedis: boolean;
+  private readonly logger: MinimalLogger;
   private readonly bySource = new Map<string, IndexedCrl>();
   private readonly byIssuer = new Map<string, IndexedCrl[]>();
   private enabled = new Set<string>();
+  /** The configuration the next sync follows (syncs coalesce: a queued one takes the newest). */
+  private latest: VersionedConfig | null = null;
   private readonly runs = new Coalescer();
   private readonly retries = new Set<NodeJS.Timeout>();
-  private subscribed = false;
+  /** Sources announced on the CRL channel since their last load: a missing CRL then means it was removed. */
+  private readonly announced = new Set<string>();
   private stopped = false;
 
-  constructor(
-    redis: string | Redis,
-    private readonly logger: MinimalLogger,
-  ) {
-    this.ownsRedis = typeof redis === 'string';
-    this.redis = typeof redis === 'string' ? new Redis(redis, { maxRetriesPerRequest: 2 }) : redis;
-    this.sub = typeof redis === 'string' ? new Redis(redis) : redis.duplicate();
-    const onError = (err: Error): void => this.logger.warn({ err: err.message }, 'CRL store: Redis connection error');
-    if (this.ownsRedis) this.redis.on('error', onError);
-    this.sub.on('error', onError);
+  constructor(private readonly o: CrlStoreOptions) {
+    this.redis = o.redis;
+    this.logger = o.logger;
   }
 
   /** Loads every enabled source's CRL, then follows changes. Resolves once the initial load is done. */
   async start(): Promise<void> {
-    this.sub.on('message', (channel: string, message: string) => this.onMessage(channel, message));
     // Subscribe before loading, so a change made during the load is not missed.
-    await this.sub.subscribe(keys.crlChannel, keys.configChannel);
-    this.sub.on('ready', () => {
-      if (this.subscribed && !this.stopped) this.background('resync after reconnect', () => this.syncConfig());
+    await this.o.subscriptions.on(keys.crlChannel, (name) => {
+      if (this.stopped) return;
+      this.announced.add(name);
+      this.background(`reload of CRL source "${name}"`, () => this.reload(name));
     });
-    this.subscribed = true;
-    await this.syncConfig();
+    this.o.subscriptions.onResync(() => {
+      if (!this.stopped) this.background('resync after reconnect', () => this.sync());
+    });
+    const config = this.o.follower.follow((c) => {
+      if (!this.stopped) this.background('configuration change', () => this.sync(c));
+    });
+    await this.sync(config ?? undefined);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.retries) clearTimeout(t);
     await this.runs.idle();
-    await this.sub.quit().catch(() => undefined);
-    if (this.ownsRedis) await this.redis.quit().catch(() => undefined);
   }
 
   /** The CRLs in force, for the worker heartbeat (`crls` of GET /v1/workers). */
@@ -160,12 +172,6 @@ export class CrlStore {
   // Following Redis
   // -------------------------------------------------------------------------
 
-  private onMessage(channel: string, message: string): void {
-    if (this.stopped) return;
-    if (channel === keys.crlChannel) this.background(`reload of CRL source "${message}"`, () => this.reload(message));
-    else if (channel === keys.configChannel) this.background('configuration change', () => this.syncConfig());
-  }
-
   /**
    * Runs a follow-up task; if it fails (Redis unreachable), retries it until it
    * succeeds, since the message that asked for it will not come again.
@@ -182,11 +188,12 @@ export class CrlStore {
     });
   }
 
-  /** Follows the configuration's list of enabled sources and (re)loads each one whose CRL changed. */
-  private syncConfig(): Promise<void> {
+  /** Follows the configuration's list of enabled sources (`config`, or the last one) and (re)loads each one whose CRL changed. */
+  private sync(config?: VersionedConfig): Promise<void> {
+    if (config) this.latest = config;
     return this.runs.run('config', async () => {
-      const config = await loadConfig(this.redis);
-      this.enabled = new Set(config.crlSources.filter((s) => s.enabled).map((s) => s.name));
+      if (!this.latest) return;
+      this.enabled = new Set(this.latest.crlSources.filter((s) => s.enabled).map((s) => s.name));
       for (const name of [...this.bySource.keys()]) if (!this.enabled.has(name)) this.drop(name, 'source deleted or disabled');
       await forEachLimited([...this.enabled], LOAD_CONCURRENCY, (name) => this.reload(name));
     });
@@ -201,9 +208,22 @@ export class CrlStore {
     if (this.stopped) return;
     if (!this.enabled.has(name)) return this.drop(name, 'source deleted or disabled');
     const loaded = this.bySource.get(name);
-    if (loaded && loaded.sha256 !== null && (await readCrlStatus(this.redis, name)).sha256 === loaded.sha256) return;
-    const { der, status } = await readStoredCrl(this.redis, name);
-    if (der === null) return this.drop(name, 'no CRL in force');
+    const announced = this.announced.delete(name);
+    let stored;
+    try {
+      if (loaded && loaded.sha256 !== null && (await readCrlStatus(this.redis, name)).sha256 === loaded.sha256) return;
+      stored = await readStoredCrl(this.redis, name);
+    } catch (err) {
+      if (announced) this.announced.add(name); // the retry must still know
+      throw err;
+    }
+    const { der, status } = stored;
+    if (der === null) {
+      if (announced) return this.drop(name, 'CRL removed');
+      // Gone without a word although the source is enabled: Redis lost its data. Keep what is in force.
+      if (loaded) this.logger.warn({ source: name }, 'CRL store: the CRL in force is gone from Redis; keeping the one loaded');
+      return;
+    }
     let crl;
     try {
       // The DER is not needed after the parse: its memory moves to the parser thread, no copy.

@@ -1,0 +1,103 @@
+// One serving worker process: its Redis connections and configuration follower (mode
+// `runner`), the CRL store, the session event recorder and the gateway (the SMTP
+// listeners). With WORKER_PROCESSES=n each of the n processes runs one (worker/cluster.ts);
+// with 1 the worker's only process does. What it serves is summed up in `report()`,
+// which worker/front.ts turns into the heartbeat and the health answer.
+import type { CrlStoreEntry } from '../shared/pki/crl/store.ts';
+import { CrlStore } from '../shared/pki/crl/store.ts';
+import type { ProcessKit, ProcessRedis } from '../shared/process/kit.ts';
+import { EventRecorder } from '../shared/status/events.ts';
+import { AuthThrottle } from './auth-throttle.ts';
+import { Gateway, type GatewayStatus } from './gateway.ts';
+import { WorkerMetrics } from './metrics.ts';
+
+export interface ProcessReport extends GatewayStatus {
+  crls: CrlStoreEntry[];
+  configError: string | null;
+  /** A configuration with version ≥ 1 is applied (version 0 is an empty store). */
+  applied: boolean;
+  /** Seconds since Redis last confirmed the configuration in force; null: never. */
+  configAgeSeconds: number | null;
+  /** Past WORKER_MAX_STALE_SECONDS: new connections are answered 421. */
+  stale: boolean;
+}
+
+export interface EngineOptions {
+  kit: ProcessKit;
+  workerId: string;
+  portOffset: number;
+  /** WORKER_MAX_STALE_SECONDS; null: never stale. */
+  maxStaleSeconds: number | null;
+  /** The follower's poll interval (null: none). */
+  pollMs: number | null;
+  /** After each configuration version is applied. */
+  onApplied?: () => void;
+}
+
+export interface Engine {
+  metrics: WorkerMetrics;
+  shared: ProcessRedis;
+  report(): ProcessReport;
+  stop(): Promise<void>;
+}
+
+/** Events still unwritten at shutdown get this long. */
+const EVENTS_DRAIN_MS = 5_000;
+
+export async function startEngine(o: EngineOptions): Promise<Engine> {
+  const { logger } = o.kit;
+  const shared = await o.kit.connectRedis('runner', o.pollMs);
+  const { redis, subscriptions, follower, connector } = shared;
+  const metrics = new WorkerMetrics();
+  // Its own connection, without the command timeout: see EventRecorder.
+  const eventsConn = connector.connect('worker-events', 'commands', { commandTimeout: undefined });
+  let lastEventError = '';
+  const events = new EventRecorder({
+    redis: eventsConn,
+    onDropped: () => metrics.eventsDropped.inc(),
+    onError: (err) => {
+      if (err.message !== lastEventError) logger.warn({ err: err.message, pending: events.size }, 'cannot write session events yet; keeping them');
+      lastEventError = err.message;
+    },
+  });
+  // The AUTH throttle's own connection: no offline queue and a short command timeout, so that an
+  // AUTH falls back to per-process counts at once while Redis is away (worker/auth-throttle.ts).
+  const throttleConn = connector.connect('worker-throttle', 'commands', { enableOfflineQueue: false, commandTimeout: 500, maxRetriesPerRequest: 0, enableAutoPipelining: true });
+  const throttle = new AuthThrottle(throttleConn);
+  const crls = new CrlStore({ redis, subscriptions, follower, logger });
+  const gateway = new Gateway({ follower, redis, throttle, events, workerId: o.workerId, portOffset: o.portOffset, logger, metrics, crls, onApplied: o.onApplied });
+
+  const ageSeconds = (): number | null => (follower.confirmedAt === null ? null : (Date.now() - follower.confirmedAt) / 1000);
+  const stale = (): boolean => {
+    if (o.maxStaleSeconds === null) return false;
+    const age = ageSeconds();
+    return age === null || age > o.maxStaleSeconds;
+  };
+  metrics.sources.configAgeSeconds = () => ageSeconds() ?? -1;
+  metrics.sources.eventsPending = () => events.size;
+
+  // CRLs first: no session may be accepted before the revocation data is in force.
+  await crls.start();
+  await gateway.start();
+
+  return {
+    metrics,
+    shared,
+    report() {
+      const g = gateway.status();
+      const crlStatus = crls.status();
+      metrics.crlEntries.reset();
+      for (const c of crlStatus) metrics.crlEntries.set({ source: c.source }, c.revokedCount);
+      return { ...g, crls: crlStatus, configError: follower.error, applied: g.configVersion > 0, configAgeSeconds: ageSeconds(), stale: stale() };
+    },
+    async stop() {
+      await gateway.stop();
+      await crls.stop();
+      const left = await events.drain(EVENTS_DRAIN_MS);
+      if (left > 0) logger.error({ events: left }, 'session events not written to Redis before exit');
+      await shared.close();
+      eventsConn.disconnect();
+      throttleConn.disconnect();
+    },
+  };
+}
