@@ -8,6 +8,8 @@ import { CrlStore } from '../shared/pki/crl/store.ts';
 import type { ProcessKit, ProcessRedis } from '../shared/process/kit.ts';
 import { EventRecorder } from '../shared/status/events.ts';
 import { AuthThrottle } from './auth-throttle.ts';
+import { configurationAdmission } from '../shared/policy/admission.ts';
+import type { Reply } from '../shared/policy/rules.ts';
 import { Gateway, type GatewayStatus } from './gateway.ts';
 import { WorkerMetrics } from './metrics.ts';
 
@@ -64,15 +66,12 @@ export async function startEngine(o: EngineOptions): Promise<Engine> {
   // AUTH falls back to per-process counts at once while Redis is away (worker/auth-throttle.ts).
   const throttleConn = connector.connect('worker-throttle', 'commands', { enableOfflineQueue: false, commandTimeout: 500, maxRetriesPerRequest: 0, enableAutoPipelining: true });
   const throttle = new AuthThrottle(throttleConn);
-  const crls = new CrlStore({ redis, subscriptions, follower, logger });
-  const gateway = new Gateway({ follower, redis, throttle, events, workerId: o.workerId, portOffset: o.portOffset, logger, metrics, crls, onApplied: o.onApplied });
-
   const ageSeconds = (): number | null => (follower.confirmedAt === null ? null : (Date.now() - follower.confirmedAt) / 1000);
-  const stale = (): boolean => {
-    if (o.maxStaleSeconds === null) return false;
-    const age = ageSeconds();
-    return age === null || age > o.maxStaleSeconds;
-  };
+  const admission = (): Reply | null => configurationAdmission(ageSeconds(), o.maxStaleSeconds);
+  const crls = new CrlStore({ redis, subscriptions, follower, logger });
+  const gateway = new Gateway({
+    follower, redis, throttle, events, workerId: o.workerId, portOffset: o.portOffset, logger, metrics, crls, onApplied: o.onApplied, admission,
+  });
   metrics.sources.configAgeSeconds = () => ageSeconds() ?? -1;
   metrics.sources.eventsPending = () => events.size;
 
@@ -88,7 +87,7 @@ export async function startEngine(o: EngineOptions): Promise<Engine> {
       const crlStatus = crls.status();
       metrics.crlEntries.reset();
       for (const c of crlStatus) metrics.crlEntries.set({ source: c.source }, c.revokedCount);
-      return { ...g, crls: crlStatus, configError: follower.error, applied: g.configVersion > 0, configAgeSeconds: ageSeconds(), stale: stale() };
+      return { ...g, crls: crlStatus, configError: follower.error, applied: g.configVersion > 0, configAgeSeconds: ageSeconds(), stale: admission() !== null };
     },
     async stop() {
       await gateway.stop();

@@ -3,6 +3,7 @@
 // sessions in flight. A listener that cannot be bound (address in use, permission) is an
 // error it reports (`listenerErrors`) and tries again every few seconds.
 import type { Redis } from 'ioredis';
+import type { Reply } from '../shared/policy/rules.ts';
 import type { Logger } from 'pino';
 import type { ConfigFollower } from '../shared/config/follower.ts';
 import type { EventRecorder } from '../shared/status/events.ts';
@@ -46,6 +47,8 @@ export interface GatewayOptions {
   crls?: Pick<CrlStore, 'check' | 'status'>;
   /** After each configuration version is applied (the heartbeat then says so at once). */
   onApplied?: () => void;
+  /** Whether new connections are admitted at all (SessionDeps.admission); absent: always. */
+  admission?: () => Reply | null;
 }
 
 export type GatewayStatus = Pick<WorkerStatus, 'listeners' | 'listenerErrors' | 'configVersion' | 'sessions'>;
@@ -91,6 +94,7 @@ export class Gateway {
     this.deps = {
       workerId: o.workerId,
       now: () => new Date(),
+      admission: o.admission ?? (() => null),
       record: (e) => {
         o.logger.debug({ event: e }, 'session event');
         const line = sessionLogLine(e);

@@ -18,9 +18,11 @@
 //   a refused or unreadable document keeps the running one and is reported as `error`
 //   (`configError` of GET /v1/workers). `mode: 'mirror'` (the API) shows what is stored,
 //   whatever it is.
-// - `confirmedAt` is when Redis last confirmed the configuration in force (a read that found
-//   it, or a newer one that was applied): `certgate_config_age_seconds` and
-//   WORKER_MAX_STALE_SECONDS count from it. A refused store does not confirm.
+// - `confirmedAt` is when Redis last confirmed the configuration in force: a read of the
+//   store that found it, a newer one (applied), or one this process refuses (reported as
+//   `error`). All of them say that nothing newer is waiting to be applied, so
+//   `certgate_config_age_seconds` and WORKER_MAX_STALE_SECONDS measure whether Redis can
+//   be read at all: an empty or older store is `configError`, not a reason to stop serving.
 import type { Redis } from 'ioredis';
 import { keys } from '../redis/keys.ts';
 import type { Subscriptions } from '../redis/subscriptions.ts';
@@ -209,15 +211,20 @@ export class ConfigFollower {
   }
 
   private confirmed(): void {
-    this.confirmedAt = (this.o.now ?? Date.now)();
     if (this.error !== null || this.lastProblem !== null) this.o.logger.info({ version: this.running?.config.version ?? 0 }, 'configuration confirmed by Redis again');
     this.error = null;
-    this.lastProblem = null;
+    this.reachable();
   }
 
   private refused(reason: string): void {
     if (reason !== this.error) this.o.logger.error({ reason }, 'stored configuration not applied');
     this.error = reason;
+    this.reachable();
+  }
+
+  private reachable(): void {
+    this.confirmedAt = (this.o.now ?? Date.now)();
+    this.lastProblem = null;
   }
 
   /** Logs a read failure once per distinct message, not on every poll. */

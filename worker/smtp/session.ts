@@ -37,6 +37,8 @@ export interface DirectoryPort {
 export interface SessionDeps {
   workerId: string;
   now(): Date;
+  /** Before anything else at connect: a reply refuses every new connection (shared/policy/admission.ts). */
+  admission(): Reply | null;
   record(event: NewSessionEvent): void;
   directory(ldapProfileName: string): DirectoryPort | null;
   /** inboundSmtpTls of the CRL and OCSP settings (shared/pki/revocation.ts); waits at most the OCSP timeoutMs. */
@@ -199,6 +201,11 @@ export class Session implements SessionController {
 
   /** onConnect: rule 1. */
   connect(): Reply | null {
+    const unavailable = this.deps.admission();
+    if (unavailable) {
+      this.event({ outcome: 'rejected', reason: 'configuration-stale', command: 'CONNECT', reply: format(unavailable) });
+      return unavailable;
+    }
     const refusal = connectReply(this.state.policy);
     if (refusal) {
       this.refusal = refusal;
