@@ -4,7 +4,7 @@
  *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|proxy|all]
  *                         [--rounds 3] [--warmup 1.5] [--client-key rsa|ec] [--users 64]
  *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
- *                         [--ocsp-clients 2] [--profile] [--help]
+ *                         [--ocsp-clients 2] [--processes n] [--profile] [--help]
  *
  * Scenarios (SPEC §3, §4):
  * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
@@ -54,6 +54,12 @@
  * once. `off` (the default, like for like) removes that wait from the sink (the next hop),
  * certgate's worker and the bare smtp-server references, `sink-off` from the sink only, `on`
  * keeps it everywhere (patched in at load time, no code changed).
+ * --processes n (n >= 2): a second certgate worker runs with WORKER_PROCESSES=n, and every
+ * scenario gains it as a target beside the one-process worker (same configuration, its own
+ * port offset); the summary gives the ratio of the two and the machine's core count. Its CPU
+ * is that of its whole process tree (the cluster primary and its n serving processes). With
+ * the load generator on one of the cores, a 2-core machine cannot show what n processes give
+ * on a larger one: the ratio then says whether the second process helps at all.
  * --profile runs the worker and the reference process under V8's sampling profiler (the
  * inspector, started by a preload module) and prints where their CPU went, per session (the
  * rates of that run are perturbed by the profiler).
@@ -72,7 +78,7 @@ import type { Issued } from '../test/helpers/pki.ts';
 import { CAC_TEXT, cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
 import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/load-generator.ts';
 import type { ReferenceChildMessage, ReferenceConfig, ReferencePorts } from './lib/reference-servers.ts';
-import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs } from './lib/stats.ts';
+import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs, processTreeCpuMs } from './lib/stats.ts';
 import { summarizeProfile } from './lib/cpuprofile.ts';
 import { startPostfix, unavailable as postfixUnavailable } from './lib/postfix.ts';
 import { exitWithUsageIfAsked } from './lib/usage.ts';
@@ -101,6 +107,7 @@ const { values: argv } = parseArgs({
     postfix: { type: 'string', default: 'on' },
     ocsp: { type: 'string', default: 'off' },
     'ocsp-clients': { type: 'string', default: '2' },
+    processes: { type: 'string', default: '0' },
   },
 });
 const seconds = Number(argv.seconds);
@@ -110,6 +117,8 @@ const warmup = Number(argv.warmup);
 const userCount = Number(argv.users);
 const clientKey = argv['client-key'];
 const scenarioArg = argv.scenario;
+const processes = Number(argv.processes);
+if (!(Number.isInteger(processes) && (processes === 0 || (processes >= 2 && processes <= 64)))) throw new Error('--processes: 2..64 (0: off)');
 const greetingDelay = argv['greeting-delay'];
 if (greetingDelay !== 'on' && greetingDelay !== 'sink-off' && greetingDelay !== 'off') throw new Error('--greeting-delay: on, sink-off or off');
 if (argv.postfix !== 'on' && argv.postfix !== 'off') throw new Error('--postfix: on or off');
@@ -509,7 +518,7 @@ async function redisPid(url: string): Promise<number | undefined> {
 
 async function main(): Promise<void> {
   const startedAt = Date.now();
-  const perScenarioRuns = { auth: 3, cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0), proxy: 2 };
+  const perScenarioRuns = { auth: 3 + (processes ? 1 : 0), cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0) + (processes ? 1 : 0), proxy: 2 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
     `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
@@ -632,6 +641,10 @@ async function main(): Promise<void> {
     const summaries: string[] = [];
     const noise: Summary[] = [];
     const workerCpu = (): Promise<number | null> => processCpuMs(worker.child.pid);
+    // --processes: the same worker with WORKER_PROCESSES=n beside it, measured as a tree.
+    const multi = processes ? own(await sys.startWorker({ WORKER_PROCESSES: String(processes) }), (w) => w.stop()) : null;
+    const multiCpu = (): Promise<number | null> => processTreeCpuMs(multi?.child.pid);
+    if (multi) await sys.settled(20_000);
     const refCpu = (): Promise<number | null> => processCpuMs(refs.pid);
     const postfixMissing = argv.postfix === 'off' ? 'left out: --postfix off' : scenarios.includes('cert') ? await postfixUnavailable() : null;
     let postfix: { port: number; instance: Awaited<ReturnType<typeof startPostfix>> } | null = null;
@@ -657,6 +670,7 @@ async function main(): Promise<void> {
         { key: 'cg', label: 'certgate (deployment B)', kind: 'smtp', port: portB + worker.offset, serverCpu: workerCpu, certgate: true },
         { key: 'cg-open', label: 'certgate (B, no AUTH throttle)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
       ];
+      if (multi) targets.push({ key: 'cg-n', label: `certgate (B), ${processes} processes`, kind: 'smtp', port: portB + multi.offset, serverCpu: multiCpu, certgate: true });
       const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
       const results = await runScenario(ctx, 'auth', targets, spec);
       count(served, results);
@@ -672,6 +686,7 @@ async function main(): Promise<void> {
       summaries.push(line, throttle, `  ${cpuLine([c, open, r])}`);
       console.log(`  ${cpuLine([c, open, r])}`);
       noise.push(c, open, r);
+      if (multi) summaries.push(processesLine('auth', results, summarize(results, targets[3]!), c));
       printHead(results);
     }
 
@@ -682,6 +697,7 @@ async function main(): Promise<void> {
         { key: 'ref', label: 'bare smtp-server (requestCert)', kind: 'smtp', port: ref.ports.smtpCert, serverCpu: refCpu, certgate: false },
         { key: 'cg', label: 'certgate (deployment A)', kind: 'smtp', port: portA + worker.offset, serverCpu: workerCpu, certgate: true },
       ];
+      if (multi) targets.push({ key: 'cg-n', label: `certgate (A), ${processes} processes`, kind: 'smtp', port: portA + multi.offset, serverCpu: multiCpu, certgate: true });
       if (postfix) {
         targets.push({
           key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => postfix.instance.cpuMs(), certgate: false,
@@ -701,8 +717,9 @@ async function main(): Promise<void> {
       console.log('  ' + line);
       const lines = [line];
       const all = [c, r, t];
+      if (multi) lines.push(processesLine('cert', results, summarize(results, targets.find((x) => x.key === 'cg-n')!), c));
       if (postfix) {
-        const p = summarize(results, targets[3]!);
+        const p = summarize(results, targets.find((x) => x.key === 'pf')!);
         all.push(p);
         lines.push(`cert: certgate vs Postfix (certificate-only) ${fmt(p.rate)} sessions/s (p50 ${fmt(p.p50, 0)} ms, p99 ${fmt(p.p99, 0)} ms) → ${ratioText(results, 'cg', 'pf', c, p, 1.2)}`);
       } else {
@@ -833,6 +850,12 @@ function noiseNote(list: Summary[]): string {
     (noisy
       ? '  NOISY machine: sessions/s, the ratios and p50/p99 above are unreliable (they compare runs that met different loads); CPU ms per session is the steadier figure, and the verdicts hold only on a quiet machine.'
       : '  quiet enough: rates and ratios are comparable; p99 still moves with a single stall, CPU ms per session is the steadiest figure.');
+}
+
+/** --processes: the n-process worker against the one-process one, with the core count. */
+function processesLine(scenario: string, results: RunResult[], n: Summary, one: Summary): string {
+  return `${scenario}: WORKER_PROCESSES=${processes} ${fmt(n.rate)} sessions/s vs 1 process ${fmt(one.rate)} sessions/s → ${ratioText(results, 'cg-n', 'cg', n, one, null)} ` +
+    `on ${cores} cores (the load generator takes one); server-side CPU per session ${fmt(n.serverCpu, 2)} vs ${fmt(one.serverCpu, 2)} ms`;
 }
 
 /**

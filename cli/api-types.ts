@@ -890,6 +890,18 @@ export interface components {
             sessions: number;
             /** Format: date-time */
             lastSeen: string;
+            /** @description Processes of this worker (WORKER_PROCESSES) that report to it now */
+            processes: number;
+            /** @description Enabled listeners the worker cannot bind (it tries again every 5 s) */
+            listenerErrors: {
+                name: string;
+                address: string;
+                port: number;
+                /** @description Why it cannot be bound, e.g. "listen EADDRINUSE: address already in use 127.0.0.1:25" */
+                error: string;
+            }[];
+            /** @description Why the stored configuration is not the one this worker runs (an empty store, an older version, an unreadable document); null when it is */
+            configError: string | null;
         };
         AuditEntry: {
             /** @description Redis stream id */

@@ -177,6 +177,7 @@ async function checkSentinels(settings: RedisSettings): Promise<string | null> {
   const { addresses, master } = settings.sentinel!;
   const problems: string[] = [];
   const known = new Set<string>();
+  let answered = false;
   for (const a of addresses) {
     const options: RedisOptions = {
       host: a.host, port: a.port, password: settings.base.sentinelPassword,
@@ -190,10 +191,12 @@ async function checkSentinels(settings: RedisSettings): Promise<string | null> {
       problems.push(`${a.host}:${a.port}: ${/unknown command/i.test(answer.error) ? 'a Redis server, not a sentinel' : answer.error}`);
       continue;
     }
+    answered = true;
     if (answer.value.includes(master)) return null;
     for (const name of answer.value) known.add(name);
     problems.push(`${a.host}:${a.port}: does not watch "${master}"`);
   }
+  if (!answered) return `no sentinel in REDIS_SENTINELS answered: ${problems.join('; ')}`;
   const hint = known.size ? ` (they watch: ${[...known].join(', ')})` : '';
   return `no sentinel in REDIS_SENTINELS knows the master "${master}" (REDIS_SENTINEL_MASTER)${hint}: ${problems.join('; ')}`;
 }
@@ -211,7 +214,8 @@ async function probe<T>(options: RedisOptions, task: (c: Redis) => Promise<T>): 
     await Promise.race([conn.connect(), timeout]);
     return { value: await Promise.race([task(conn), timeout]) };
   } catch (err) {
-    return { error: (err as Error).message || lastError };
+    // A failed connect rejects with a generic "Connection is closed"; the error event said why.
+    return { error: lastError !== 'timed out' ? lastError : (err as Error).message || lastError };
   } finally {
     clearTimeout(timer);
     conn.disconnect();

@@ -159,7 +159,8 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       } catch (e) {
         throw new Error(`worker did not start: ${(e as Error).message}\n${proc.output()}`, { cause: e });
       }
-      await sys.settled();
+      // Generous: a busy machine, or WORKER_PROCESSES forking its processes, makes a start slow.
+      await sys.settled(20_000);
       return w;
     },
     async settled(timeoutMs = 5_000) {
