@@ -27,7 +27,6 @@ export interface FrontOptions {
 export class Front {
   private server: http.Server | null = null;
   private timer: NodeJS.Timeout | null = null;
-  private soon: NodeJS.Timeout | null = null;
   private draining = false;
   private stopped = false;
   private lastError = '';
@@ -52,13 +51,9 @@ export class Front {
     this.beat();
   }
 
-  /** A process applied a configuration: say so within a moment rather than at the next beat. */
+  /** A process applied a configuration: say so now rather than at the next beat. */
   publishSoon(): void {
-    if (this.soon || this.stopped) return;
-    this.soon = setTimeout(() => {
-      this.soon = null;
-      this.beat();
-    }, 20);
+    if (!this.stopped) this.beat();
   }
 
   /** SIGTERM: /health turns 503 at once, so that balancers stop sending new sessions. */
@@ -69,7 +64,6 @@ export class Front {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    if (this.soon) clearTimeout(this.soon);
     await this.beats.idle(); // a beat in flight would write the entry again after it is deleted
     await this.o.redis.hdel(keys.workers, this.o.workerId).catch(() => undefined);
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));

@@ -3,17 +3,16 @@
 import { call, type Connection, type Schemas } from '../api.ts';
 import { EXIT, relativeTime, table, type Output } from '../output.ts';
 
-type Worker = Schemas['WorkerStatus'];
-/** Fields other processes may add to the heartbeat (SPEC §2.7); shown when present. */
-type WorkerExtras = { processes?: number; listenerErrors?: Array<{ name?: string; listener?: string; error?: string; message?: string }>; configError?: string | null };
+/** A heartbeat; `processes`, `listenerErrors` and `configError` may be missing from an older API's. */
+type Worker = Omit<Schemas['WorkerStatus'], 'processes' | 'listenerErrors' | 'configError'> & Partial<Pick<Schemas['WorkerStatus'], 'processes' | 'listenerErrors' | 'configError'>>;
 
-export async function listWorkers(conn: Connection): Promise<Array<Worker & WorkerExtras>> {
+export async function listWorkers(conn: Connection): Promise<Worker[]> {
   const { data } = await call(conn, 'GET /v1/workers', conn.client.GET('/v1/workers'));
   return data.items;
 }
 
-export function workerProblems(w: Worker & WorkerExtras): string[] {
-  const errors = (w.listenerErrors ?? []).map((e) => `listener ${e.name ?? e.listener ?? '?'}: ${e.error ?? e.message ?? 'error'}`);
+export function workerProblems(w: Worker): string[] {
+  const errors = (w.listenerErrors ?? []).map((e) => `listener ${e.name}: ${e.error}`);
   return w.configError ? [`configuration: ${w.configError}`, ...errors] : errors;
 }
 
