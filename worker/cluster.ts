@@ -56,7 +56,7 @@ export interface SupervisorOptions {
   /** Environment added for every process. */
   env: Record<string, string>;
   logger: MinimalLogger;
-  /** A process reported a configuration version other than before. */
+  /** A process reported a change the heartbeat shows (version, listener errors, CRLs, configuration error). */
   onChange(): void;
 }
 
@@ -105,7 +105,7 @@ export class Supervisor {
     slot.startedAt = Date.now();
     w.on('message', (m: Partial<ReportMessage>) => {
       if (m?.type !== REPORT || !m.report) return;
-      const changed = slot.report?.configVersion !== m.report.configVersion || slot.report?.listenerErrors.length !== m.report.listenerErrors.length;
+      const changed = signature(slot.report) !== signature(m.report);
       slot.report = m.report;
       slot.reportedAt = Date.now();
       if (changed) this.o.onChange();
@@ -119,4 +119,8 @@ export class Supervisor {
       slot.restart = setTimeout(() => this.fork(i), slot.delay);
     });
   }
+}
+
+function signature(r: ProcessReport | null): string {
+  return r === null ? '' : JSON.stringify([r.configVersion, r.listenerErrors, r.crls, r.configError]);
 }

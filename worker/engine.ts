@@ -32,7 +32,7 @@ export interface EngineOptions {
   maxStaleSeconds: number | null;
   /** The follower's poll interval (null: none). */
   pollMs: number | null;
-  /** After each configuration version is applied. */
+  /** After each configuration version is applied, and each CRL loaded or dropped: what the heartbeat says changed. */
   onApplied?: () => void;
 }
 
@@ -68,7 +68,7 @@ export async function startEngine(o: EngineOptions): Promise<Engine> {
   const throttle = new AuthThrottle(throttleConn);
   const ageSeconds = (): number | null => (follower.confirmedAt === null ? null : (Date.now() - follower.confirmedAt) / 1000);
   const admission = (): Reply | null => configurationAdmission(ageSeconds(), o.maxStaleSeconds);
-  const crls = new CrlStore({ redis, subscriptions, follower, logger });
+  const crls = new CrlStore({ redis, subscriptions, follower, logger, onChange: () => o.onApplied?.() });
   const gateway = new Gateway({
     follower, redis, throttle, events, workerId: o.workerId, portOffset: o.portOffset, logger, metrics, crls, onApplied: o.onApplied, admission,
   });

@@ -75,6 +75,8 @@ export interface CrlStoreOptions {
   /** The process's configuration follower, started. */
   follower: ConfigFollower;
   logger: MinimalLogger;
+  /** A CRL was loaded or dropped (the worker's heartbeat then says so at once). */
+  onChange?: () => void;
 }
 
 export class CrlStore {
@@ -253,10 +255,13 @@ export class CrlStore {
     const list = this.byIssuer.get(entry.issuerCanon) ?? [];
     this.byIssuer.set(entry.issuerCanon, [...list, entry]);
     this.logger.info({ source: entry.source, issuer: entry.issuerDn, crlNumber: entry.crlNumber, revokedCount: entry.revokedCount }, 'CRL loaded');
+    this.o.onChange?.();
   }
 
   private drop(name: string, why: string): void {
-    if (this.unindex(name)) this.logger.info({ source: name, why }, 'CRL unloaded');
+    if (!this.unindex(name)) return;
+    this.logger.info({ source: name, why }, 'CRL unloaded');
+    this.o.onChange?.();
   }
 
   private unindex(name: string): boolean {
