@@ -37,7 +37,7 @@ export interface DirectoryPort {
 export interface SessionDeps {
   workerId: string;
   now(): Date;
-  /** Before anything else at connect: a reply refuses every new connection (shared/policy/admission.ts). */
+  /** Whether the worker admits new connections at all (shared/policy/admission.ts); checked first in admit(). */
   admission(): Reply | null;
   record(event: NewSessionEvent): void;
   directory(ldapProfileName: string): DirectoryPort | null;
@@ -118,6 +118,12 @@ export class Session implements SessionController {
 
   /** §2.4 maxConnectionsPerClient, counted per worker process. */
   admit(): Reply | null {
+    // SPEC §1 WORKER_MAX_STALE_SECONDS: before any rule, and without taking a client's slot.
+    const unavailable = this.deps.admission();
+    if (unavailable) {
+      this.event({ outcome: 'rejected', reason: 'configuration-stale', command: 'CONNECT', reply: format(unavailable) });
+      return unavailable;
+    }
     const refusal = clientAdmission(this.state.policy, this.deps.clients.count(this.connection.clientAddress));
     if (refusal) {
       this.deps.observe.limit('max-connections-per-client');
@@ -201,11 +207,6 @@ export class Session implements SessionController {
 
   /** onConnect: rule 1. */
   connect(): Reply | null {
-    const unavailable = this.deps.admission();
-    if (unavailable) {
-      this.event({ outcome: 'rejected', reason: 'configuration-stale', command: 'CONNECT', reply: format(unavailable) });
-      return unavailable;
-    }
     const refusal = connectReply(this.state.policy);
     if (refusal) {
       this.refusal = refusal;
