@@ -20,7 +20,7 @@ test('every path ARCHITECTURE.md names exists', () => {
 
 test('the command table lists exactly the commands of COMMAND_ROUTES', () => {
   const table = doc.slice(doc.indexOf('| command |'), doc.indexOf('Where each rule'));
-  const rows = [...table.matchAll(/^\| ([A-Z]+|\(other\)) \|/gm)].map((m) => m[1]);
+  const rows = [...table.matchAll(/^\| ([A-Z]+|\((?:other|refused session)\)) \|/gm)].map((m) => m[1]);
   assert.deepEqual(rows.sort(), Object.keys(COMMAND_ROUTES).sort());
 });
 
