@@ -107,16 +107,18 @@ describe('worker lifecycle', () => {
       const rssBefore = await metric('process_resident_memory_bytes');
       const heapBefore = await metric('nodejs_heap_size_used_bytes');
       const before = sys.sink.messages.length;
-      for (let i = 0; i < 2; i++) {
+      for (let i = 0; i < 4; i++) {
         const steps = await smtplib({ port, bodyLines: 25_000 });
         assert.deepEqual(steps.find((s) => s[0] === 'DATA'), ['DATA', 250, '{}'], JSON.stringify(steps));
       }
-      await sys.sink.waitFor(before + 2);
+      await sys.sink.waitFor(before + 4);
       assert.ok(sys.sink.messages.at(-1)!.raw.length > 25_000_000);
       const rssGrowth = ((await metric('process_resident_memory_bytes')) - rssBefore) / 1048576;
       const heapGrowth = ((await metric('nodejs_heap_size_used_bytes')) - heapBefore) / 1048576;
-      assert.ok(rssGrowth < 10, `worker RSS grew by ${rssGrowth.toFixed(1)} MB over two 25 MB messages`);
-      assert.ok(heapGrowth < 5, `worker heap grew by ${heapGrowth.toFixed(1)} MB over two 25 MB messages`);
+      // 100 MB relayed: a worker holding messages would grow by far more than these bounds (RSS
+      // also moves with the allocator and lazily freed buffers, hence its wider bound on a busy machine).
+      assert.ok(rssGrowth < 40, `worker RSS grew by ${rssGrowth.toFixed(1)} MB over four 25 MB messages`);
+      assert.ok(heapGrowth < 5, `worker heap grew by ${heapGrowth.toFixed(1)} MB over four 25 MB messages`);
       sys.sink.messages.splice(before); // keep the test process small
     });
 
