@@ -18,7 +18,7 @@
  *   certificate listed in the directory + EHLO + one message (no AUTH); certgate configured
  *   like deployment A. References: a bare Node TLS server with requestCert (implicit TLS,
  *   ends the socket after the handshake; issue 4's reference), a bare smtp-server with
- *   requestCert + STARTTLS + relay, and Postfix 3.7 in certificate-only mode (bench/lib/postfix.ts:
+ *   requestCert + STARTTLS + relay, and Postfix 3.7 in certificate-only mode (test/helpers/postfix.ts:
  *   a private instance relaying to the same sink; it queues before its 250, so each Postfix run
  *   ends by draining its queue, outside the measured window). --postfix off leaves it out.
  *
@@ -80,10 +80,10 @@ import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/lo
 import type { ReferenceChildMessage, ReferenceConfig, ReferencePorts } from './lib/reference-servers.ts';
 import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs, processTreeCpuMs } from './lib/stats.ts';
 import { summarizeProfile } from './lib/cpuprofile.ts';
-import { startPostfix, unavailable as postfixUnavailable } from './lib/postfix.ts';
 import { exitWithUsageIfAsked } from './lib/usage.ts';
 import { greetingDelayPreload, removeGreetingDelay } from './lib/greeting-delay.ts';
 import { startOcspResponder } from '../test/helpers/ocsp-responder.ts';
+import { postfixUnavailable, startPostfix, type Postfix } from '../test/helpers/postfix.ts';
 import { DEFAULT_OCSP_SETTINGS } from '../shared/config/schemas.ts';
 
 const cores = availableParallelism();
@@ -647,16 +647,13 @@ async function main(): Promise<void> {
     if (multi) await sys.settled(20_000);
     const refCpu = (): Promise<number | null> => processCpuMs(refs.pid);
     const postfixMissing = argv.postfix === 'off' ? 'left out: --postfix off' : scenarios.includes('cert') ? await postfixUnavailable() : null;
-    let postfix: { port: number; instance: Awaited<ReturnType<typeof startPostfix>> } | null = null;
+    let postfix: Postfix | null = null;
     if (scenarios.includes('cert') && postfixMissing === null) {
-      const port = await freePort();
-      // Its own directory: Postfix's processes (user postfix) cannot enter the private workDir.
-      const dir = own(await mkdtemp(join(tmpdir(), 'certgate-bench-postfix-')), (d) => rm(d, { recursive: true, force: true }));
-      const instance = await startPostfix({
-        dir, port, sinkPort: sys.sink.port, caPem: pki.root.certPem, certPem: server.certPem, keyPem: server.keyPem,
-      });
-      own(instance, (v) => v.stop());
-      postfix = { port, instance };
+      postfix = own(await startPostfix({
+        relayhost: { host: HOST, port: sys.sink.port },
+        mode: 'cert',
+        serverTls: { certPem: server.certPem, keyPem: server.keyPem, caPem: pki.root.certPem },
+      }), (v) => v.stop());
     }
     if (profileDir) {
       // Profile from here on (see profilerPreload).
@@ -700,9 +697,9 @@ async function main(): Promise<void> {
       if (multi) targets.push({ key: 'cg-n', label: `certgate (A), ${processes} processes`, kind: 'smtp', port: portA + multi.offset, serverCpu: multiCpu, certgate: true });
       if (postfix) {
         targets.push({
-          key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => postfix.instance.cpuMs(), certgate: false,
+          key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => processTreeCpuMs(postfix.masterPid), certgate: false,
           after: async () => {
-            if (!(await postfix.instance.drain(DRAIN_MS))) console.log('           note: the Postfix queue did not drain in time');
+            await postfix.waitForQueue(DRAIN_MS).catch(() => console.log('           note: the Postfix queue did not drain in time'));
           },
         });
       }

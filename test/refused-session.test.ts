@@ -9,11 +9,11 @@ import { startSystem, type System } from './helpers/system.ts';
 import { python, swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import { openRaw } from './helpers/raw-smtp.ts';
-import { startPostfix, type TestPostfix } from './helpers/postfix.ts';
+import { startPostfix, type Postfix } from './helpers/postfix.ts';
 import { listener } from './fixtures/deployments.ts';
 
 let sys: System;
-let postfix: TestPostfix | undefined;
+let postfix: Postfix | undefined;
 const ports = { cert: 0, reject: 0 };
 const REQUIRED = '554 5.7.1 Client certificate required';
 

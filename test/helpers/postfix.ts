@@ -1,23 +1,26 @@
-// A private Postfix (Debian's postfix package) for tests and benchmarks, as
-// ../shared/recipes/postfix.sh runs it: config, queue, data and log under one temporary
-// directory, nothing in /etc/postfix touched, smtpd on a loopback port, every message
-// relayed to one relayhost. Two uses:
-// - a real relaying MTA in front of certgate (`relayhost` = a certgate listener, `clientTls`
-//   saying how Postfix's smtp client talks TLS to it): what Postfix logs and does with the
-//   mail when certgate refuses is what administrators will see;
-// - a reference server in bench/ (mode `cert`: relay only for a verified client certificate).
+// A private Postfix (Debian's postfix package) as ../shared/recipes/postfix.sh runs it: config,
+// queue, data and log under one temporary directory, nothing in /etc/postfix touched, smtpd on a
+// free loopback port, every message relayed to one relayhost. The one Postfix harness of the
+// repository, for two uses:
+// - a real relaying MTA in front of certgate (test/refused-session.test.ts: `relayhost` = a
+//   certgate listener, `clientTls` saying how Postfix's smtp client talks TLS to it): what
+//   Postfix logs and does with the mail when certgate refuses is what administrators will see;
+// - bench/smtp.ts's reference MTA (mode `cert`: STARTTLS offered, a client certificate asked
+//   for and verified against the CA, relaying only for a verified one), whose CPU is its
+//   master's process tree (`masterPid`).
 // Postfix queues: its `250` means "written to the queue"; delivery happens after, and
-// `waitForQueue()` / `maillog()` show how it went. Needs root (Postfix starts as root and
-// drops to the `postfix` user), like the recipe. `stop()` stops this instance only.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, readFile, rm, writeFile, chmod, chown, readdir } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+// `waitForQueue()` / `maillog()` show how it went. Needs root (Postfix starts as root and drops
+// to the `postfix` user), like the recipe: `postfixUnavailable()` says why it cannot run here.
+// `stop()` stops this instance only and removes its directory.
+import { execFile } from 'node:child_process';
+import { access, mkdtemp, mkdir, readFile, rm, writeFile, chmod, chown, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { freePort, waitForPort } from './ports.ts';
 
 const run = promisify(execFile);
+const POSTFIX = '/usr/sbin/postfix';
 
 export interface PostfixOptions {
   /** Where every message goes (Postfix's `relayhost`, without MX lookups). */
@@ -38,10 +41,12 @@ export interface QueuedMessage {
   recipients: { address: string; delayReason?: string }[];
 }
 
-export interface TestPostfix {
+export interface Postfix {
   /** smtpd's port on 127.0.0.1. */
   port: number;
   dir: string;
+  /** The master process, parent of every Postfix process of this instance. */
+  masterPid: number;
   /** The whole maillog so far. */
   maillog(): Promise<string>;
   /** Polls the maillog until `pattern` appears; resolves with the matching line. */
@@ -55,9 +60,21 @@ export interface TestPostfix {
   stop(): Promise<void>;
 }
 
+/** Why Postfix cannot run on this machine, or null when it can. */
+export async function postfixUnavailable(): Promise<string | null> {
+  try {
+    await access(POSTFIX);
+  } catch {
+    return `${POSTFIX} is missing (Debian package postfix; scripts/ensure-deps.sh --test installs it)`;
+  }
+  if (process.getuid?.() !== 0) return 'Postfix needs root to start (its master runs services as user postfix)';
+  return null;
+}
+
 /** Starts a private Postfix; rejects with Postfix's own words when it cannot. */
-export async function startPostfix(o: PostfixOptions): Promise<TestPostfix> {
-  if (!existsSync('/usr/sbin/postfix')) throw new Error('postfix is not installed (scripts/ensure-deps.sh --test installs it)');
+export async function startPostfix(o: PostfixOptions): Promise<Postfix> {
+  const unavailable = await postfixUnavailable();
+  if (unavailable) throw new Error(unavailable);
   const dir = await mkdtemp(path.join(tmpdir(), 'certgate-postfix-'));
   const etc = path.join(dir, 'etc');
   const port = await freePort();
@@ -123,11 +140,13 @@ export async function startPostfix(o: PostfixOptions): Promise<TestPostfix> {
   // Debian's stock services, the public smtp listener replaced by 127.0.0.1:port, no chroot.
   await writeFile(path.join(etc, 'master.cf'), `127.0.0.1:${port} inet n - n - - smtpd\n${MASTER_SERVICES}`);
 
-  const postfix = (...args: string[]) => run('postfix', ['-c', etc, ...args]);
+  const postfix = (...args: string[]) => run(POSTFIX, ['-c', etc, ...args]);
+  let masterPid: number;
   try {
     await postfix('check');
     await postfix('start');
     await waitForPort(port, 20_000);
+    masterPid = Number((await readFile(path.join(dir, 'spool', 'pid', 'master.pid'), 'utf8')).trim());
   } catch (err) {
     const log = await readFile(path.join(dir, 'maillog'), 'utf8').catch(() => '');
     await postfix('abort').catch(() => undefined);
@@ -155,6 +174,7 @@ export async function startPostfix(o: PostfixOptions): Promise<TestPostfix> {
   return {
     port,
     dir,
+    masterPid,
     maillog,
     waitForLog: (pattern, timeoutMs = 30_000) =>
       poll(`no log line matching ${pattern}`, timeoutMs, async () => (await maillog()).split('\n').find((l) => pattern.test(l)) ?? null),
@@ -179,26 +199,6 @@ async function queueFiles(dir: string): Promise<number> {
     n += entries.filter((e) => e.isFile()).length;
   }
   return n;
-}
-
-/**
- * Postfix's `smtp-sink` (shipped with the package) on a free loopback port: accepts and
- * discards everything, fast; the benchmark sink. `-u postfix` because it refuses to run as root.
- */
-export async function startPostfixSink(): Promise<{ port: number; stop(): Promise<void> }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn('smtp-sink', ['-u', 'postfix', `127.0.0.1:${port}`, '512'], { stdio: 'ignore' });
-  const failed = new Promise<never>((_, reject) => child.once('error', (e) => reject(new Error(`cannot start smtp-sink: ${e.message}`))));
-  await Promise.race([waitForPort(port), failed]);
-  return {
-    port,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
 }
 
 const MASTER_SERVICES = `pickup     unix n - n 60 1 pickup
