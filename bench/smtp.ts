@@ -64,21 +64,21 @@
  * inspector, started by a preload module) and prints where their CPU went, per session (the
  * rates of that run are perturbed by the profiler).
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Redis } from 'ioredis';
 import { startSystem, type System } from '../test/helpers/system.ts';
 import { peopleLdif, type PersonSpec } from '../test/helpers/people.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import type { Issued } from '../test/helpers/pki.ts';
 import { CAC_TEXT, cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
-import type { ChildMessage, LoadResult, LoadSpec, ParentMessage } from './lib/load-generator.ts';
+import type { LoadSpec } from './lib/load-generator.ts';
+import { LoadChild, forkChild, nextMessage, stopChild } from './lib/load-child.ts';
+import { checkpoint, onInterrupt, own, runBench } from './lib/lifecycle.ts';
 import type { ReferenceChildMessage, ReferenceConfig, ReferencePorts } from './lib/reference-servers.ts';
-import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs, processTreeCpuMs } from './lib/stats.ts';
+import { fetchText, fmt, histogramTotals, machineCpuMs, median, percentile, processCpuMs, processTreeCpuMs, redisPid } from './lib/stats.ts';
 import { summarizeProfile } from './lib/cpuprofile.ts';
 import { exitWithUsageIfAsked } from './lib/usage.ts';
 import { greetingDelayPreload, removeGreetingDelay } from './lib/greeting-delay.ts';
@@ -87,7 +87,6 @@ import { postfixUnavailable, startPostfix, type Postfix } from '../test/helpers/
 import { DEFAULT_OCSP_SETTINGS } from '../shared/config/schemas.ts';
 
 const cores = availableParallelism();
-const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const HOST = '127.0.0.1';
 
 // ------------------------------------------------------------------------------- options
@@ -135,13 +134,6 @@ if (scenarioArg !== 'auth' && scenarioArg !== 'cert' && scenarioArg !== 'proxy' 
 const scenarios: Array<'auth' | 'cert' | 'proxy'> = scenarioArg === 'all' ? ['auth', 'cert', 'proxy'] : [scenarioArg];
 const keyType: 'rsa' | 'ec' = clientKey === 'ec' ? 'ec' : 'rsa';
 
-/** Set by SIGINT/SIGTERM: main stops at its next checkpoint and stops everything it started. */
-let interrupted = false;
-
-function checkpoint(): void {
-  if (interrupted) throw new Error('interrupted');
-}
-
 const CARD_COUNT = 8;
 const SESSION_TIMEOUT_MS = 30_000;
 const DRAIN_MS = 20_000;
@@ -161,91 +153,6 @@ const MESSAGE = [
 ].join('\r\n');
 
 // ------------------------------------------------------------------------------- children
-
-function forkChild(module: string, nodeOptions = ''): ChildProcess {
-  const child = fork(join(ROOT, module), [], {
-    cwd: ROOT,
-    execArgv: ['--import', 'tsx'],
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    env: { ...process.env, NODE_OPTIONS: nodeOptions },
-  });
-  // A send on a closed channel (the child died, e.g. of Ctrl-C) must not crash the bench.
-  child.on('error', () => undefined);
-  return child;
-}
-
-function nextMessage<T>(child: ChildProcess, timeoutMs: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => finish(new Error(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs);
-    const onMessage = (m: T) => finish(null, m);
-    const onExit = (code: number | null) => finish(new Error(`${what}: child exited (${code})`));
-    function finish(err: Error | null, m?: T) {
-      clearTimeout(timer);
-      child.removeListener('message', onMessage);
-      child.removeListener('exit', onExit);
-      if (err) reject(err);
-      else resolve(m as T);
-    }
-    child.on('message', onMessage);
-    child.once('exit', onExit);
-  });
-}
-
-async function stopChild(child: ChildProcess | null, exitMessage: unknown): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  if (child.connected) child.send(exitMessage as never);
-  else child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 3_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-class LoadChild {
-  private constructor(readonly child: ChildProcess) {}
-
-  static async start(): Promise<LoadChild> {
-    const child = forkChild('bench/lib/load-generator.ts');
-    const m = await nextMessage<ChildMessage>(child, 30_000, 'load generator start');
-    if (m.type !== 'ready') throw new Error(`load generator: unexpected ${m.type}`);
-    return new LoadChild(child);
-  }
-
-  /** Runs one load; `onWindow` is called when the measured window starts and ends. */
-  run(spec: LoadSpec, onWindow: (edge: 'start' | 'end') => void): Promise<LoadResult> {
-    const limit = spec.warmupMs + spec.measureMs + spec.drainMs + 30_000;
-    return new Promise<LoadResult>((resolve, reject) => {
-      const timer = setTimeout(() => finish(new Error('load generator: no result in time')), limit);
-      const onMessage = (m: ChildMessage) => {
-        if (m.type === 'window-start') onWindow('start');
-        else if (m.type === 'window-end') onWindow('end');
-        else if (m.type === 'result') finish(null, m.result);
-        else if (m.type === 'error') finish(new Error(`load generator: ${m.message}`));
-      };
-      const onExit = (code: number | null) => finish(new Error(`load generator exited (${code})`));
-      const finish = (err: Error | null, r?: LoadResult) => {
-        clearTimeout(timer);
-        this.child.removeListener('message', onMessage);
-        this.child.removeListener('exit', onExit);
-        if (err) reject(err);
-        else resolve(r!);
-      };
-      this.child.on('message', onMessage);
-      this.child.once('exit', onExit);
-      if (!this.child.connected) return finish(new Error('load generator is gone'));
-      this.child.send({ type: 'run', spec } satisfies ParentMessage);
-    });
-  }
-
-  /** Ends the current load early (no new sessions; in-flight ones finish). */
-  abort(): void {
-    if (this.child.connected) this.child.send({ type: 'abort' } satisfies ParentMessage);
-  }
-
-  stop(): Promise<void> {
-    return stopChild(this.child, { type: 'exit' } satisfies ParentMessage);
-  }
-}
 
 async function startReferences(config: ReferenceConfig, nodeOptions: string): Promise<{ child: ChildProcess; ports: ReferencePorts }> {
   const child = forkChild('bench/lib/reference-servers.ts', nodeOptions);
@@ -502,22 +409,7 @@ function benchUsers(n: number): PersonSpec[] {
   return Array.from({ length: n }, (_, i) => ({ uid: `bench${String(i).padStart(4, '0')}`, password: `pw-${i}-bench`, mail: `bench${i}@example.com` }));
 }
 
-async function redisPid(url: string): Promise<number | undefined> {
-  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    await r.connect();
-    const info = await r.info('server');
-    const m = /process_id:(\d+)/.exec(info);
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  } finally {
-    r.disconnect();
-  }
-}
-
 async function main(): Promise<void> {
-  const startedAt = Date.now();
   const perScenarioRuns = { auth: 3 + (processes ? 1 : 0), cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0) + (processes ? 1 : 0), proxy: 2 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
@@ -546,231 +438,203 @@ async function main(): Promise<void> {
   }
   /** Sessions each profiled process served, for per-session figures. */
   const served = { worker: 0, reference: 0 };
-  // Everything started is registered here and stopped in reverse order when main ends, by
-  // success, error or interruption. A signal only sets `interrupted` (and cuts the current
-  // load short); main notices it at its next checkpoint, so nothing is stopped while a step
-  // is still using it. A second signal exits at once.
-  const stoppers: Array<() => Promise<void>> = [];
-  const own = <T,>(value: T, stop: (v: T) => Promise<void>): T => {
-    stoppers.unshift(() => stop(value));
-    return value;
-  };
-  let currentLoad: LoadChild | null = null;
-  const onSignal = () => {
-    if (interrupted) {
-      console.log('\nsecond signal: exiting without stopping');
-      process.exit(130);
-    }
-    interrupted = true;
-    console.log('\ninterrupted: stopping everything after the current step');
-    currentLoad?.abort();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-
-  try {
-    const sys = own(
-      await startSystem({ workers: 1, workerEnv: preloads.worker.length ? { NODE_OPTIONS: preloads.worker.join(' ') } : {} }),
-      (v) => v.stop(),
-    );
-    checkpoint();
-    const pki = sys.pki;
-    const server = await pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: [HOST] });
-    // Smart-card shaped: CN LAST.FIRST.EDIPI, UPN and e-mail in subjectAltName, digitalSignature,
-    // clientAuth; issued by an intermediate as CAC/PIV certificates are, sent with it.
-    const cards: Issued[] = await Promise.all(
-      Array.from({ length: CARD_COUNT }, (_, i) => pki.client({
-        cn: `BENCH.CARD${i}.${1_000_000_000 + i}`, upn: `${1_000_000_000 + i}@mil`, email: `card${i}@example.mil`, issuer: 'intermediate', keyType,
-      })),
-    );
-    const users = benchUsers(userCount);
-    await sys.slapd.add(peopleLdif([...users, ...cards.map((c, i) => cardHolder(`card${i}`, c))]));
-    checkpoint();
-
-    // Deployment B (SMTP AUTH only) and deployment A (certificate only), each on its own listener.
-    const portB = await freePort();
-    const portA = await freePort();
-    const portBOpen = await freePort();
-    const portBProxy = await freePort();
-    const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
-    await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
-    await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
-    await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
-      name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp-b', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
-    });
-    await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp-a', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
-    const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };
-    // The load comes from one address: per-client connection limits stay out of its way. RELAYED-B counts
-    // failed AUTH per client and per user (the throttle's most expensive form), RELAYED-B-OPEN not at all.
-    const throttleOn = { perClient: { maxFailures: 100, windowSeconds: 600 }, perUser: { maxFailures: 10, windowSeconds: 900 } };
-    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-B', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: throttleOn });
-    await sys.api.ok('POST', '/v1/mail-flow-policies', {
-      ...policy, name: 'RELAYED-B-OPEN', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: { perClient: null, perUser: null },
-    });
-    await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true, maxConnectionsPerClient: null });
-    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b', port: portB, authProfile: 'ldap-auth', policy: 'RELAYED-B', tls: { ...serverTls, clientCaPem: null } }));
-    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b-open', port: portBOpen, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }));
-    // The same listener behind a balancer: every connection from 127.0.0.1 begins with a PROXY v2 header.
-    await sys.api.ok('POST', '/v1/listeners', {
-      ...listener(sys, { name: 'submission-b-proxy', port: portBProxy, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }),
-      proxyProtocol: { trustedProxies: [`${HOST}/32`] },
-    });
-    await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
-    await sys.settled(10_000);
-
-    checkpoint();
-    const ref = own(
-      await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' ')),
-      (v) => stopChild(v.child, { type: 'exit' }),
-    );
-    const refs = ref.child;
-    const load = own(await LoadChild.start(), (v) => v.stop());
-    currentLoad = load;
-    checkpoint();
-    const worker = sys.workers[0]!;
-    const ctx: Context = {
-      sys,
-      load,
-      pids: { client: load.child.pid, slapd: Number((await readFile(join(sys.slapd.dir, 'slapd.pid'), 'utf8').catch(() => '')).trim()) || undefined, redis: await redisPid(sys.redis.url), api: sys.apiProc.child.pid },
-      metricsUrl: `http://${HOST}:${worker.metricsPort}/metrics`,
-    };
-    const base = {
-      host: HOST, clients, warmupMs: warmup * 1000, measureMs: seconds * 1000, maxSessions: MAX_SESSIONS_PER_RUN, drainMs: DRAIN_MS,
-      sessionTimeoutMs: SESSION_TIMEOUT_MS, from: 'sender@example.com', to: 'rcpt@example.com', message: MESSAGE,
-    };
-    const summaries: string[] = [];
-    const noise: Summary[] = [];
-    const workerCpu = (): Promise<number | null> => processCpuMs(worker.child.pid);
-    // --processes: the same worker with WORKER_PROCESSES=n beside it, measured as a tree.
-    const multi = processes ? own(await sys.startWorker({ WORKER_PROCESSES: String(processes) }), (w) => w.stop()) : null;
-    const multiCpu = (): Promise<number | null> => processTreeCpuMs(multi?.child.pid);
-    if (multi) await sys.settled(20_000);
-    const refCpu = (): Promise<number | null> => processCpuMs(refs.pid);
-    const postfixMissing = argv.postfix === 'off' ? 'left out: --postfix off' : scenarios.includes('cert') ? await postfixUnavailable() : null;
-    let postfix: Postfix | null = null;
-    if (scenarios.includes('cert') && postfixMissing === null) {
-      postfix = own(await startPostfix({
-        relayhost: { host: HOST, port: sys.sink.port },
-        mode: 'cert',
-        serverTls: { certPem: server.certPem, keyPem: server.keyPem, caPem: pki.root.certPem },
-      }), (v) => v.stop());
-    }
-    if (profileDir) {
-      // Profile from here on (see profilerPreload).
-      for (const pid of [worker.child.pid, refs.pid]) if (pid) process.kill(pid, 'SIGUSR2');
-    }
-
-    if (scenarios.includes('auth')) {
-      console.log(`\nauth: STARTTLS + AUTH PLAIN (LDAP bind + allow query, ${userCount} users) + one message relayed + QUIT`);
-      const targets: Target[] = [
-        { key: 'ref', label: 'bare smtp-server (AUTH unchecked)', kind: 'smtp', port: ref.ports.smtpAuth, serverCpu: refCpu, certgate: false },
-        { key: 'cg', label: 'certgate (deployment B)', kind: 'smtp', port: portB + worker.offset, serverCpu: workerCpu, certgate: true },
-        { key: 'cg-open', label: 'certgate (B, no AUTH throttle)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
-      ];
-      if (multi) targets.push({ key: 'cg-n', label: `certgate (B), ${processes} processes`, kind: 'smtp', port: portB + multi.offset, serverCpu: multiCpu, certgate: true });
-      const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
-      const results = await runScenario(ctx, 'auth', targets, spec);
-      count(served, results);
-      const [r, c] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
-      const line = `auth: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare ${fmt(r.rate)} sessions/s ` +
-        `(p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ${ratioText(results, 'cg', 'ref', c, r, greetingDelay === 'off' ? 0.9 : null)}` +
-        `${greetingDelay === 'off' ? '' : ' (the 0.9 target is like for like: --greeting-delay off)'}; ` +
-        `client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
-      const open = summarize(results, targets[2]!);
-      const throttle = `auth: AUTH throttle per client and per user on vs off: ${fmt(c.rate)} vs ${fmt(open.rate)} sessions/s → ${ratioText(results, 'cg', 'cg-open', c, open, 0.95)}`;
-      console.log('  ' + line);
-      console.log('  ' + throttle);
-      summaries.push(line, throttle, `  ${cpuLine([c, open, r])}`);
-      console.log(`  ${cpuLine([c, open, r])}`);
-      noise.push(c, open, r);
-      if (multi) summaries.push(processesLine('auth', results, summarize(results, targets[3]!), c));
-      printHead(results);
-    }
-
-    if (scenarios.includes('cert')) {
-      console.log(`\ncert: STARTTLS with a client certificate (${CARD_COUNT} listed cards, ${keyType.toUpperCase()}) + one message relayed, no AUTH`);
-      const targets: Target[] = [
-        { key: 'tls', label: 'bare TLS handshake (requestCert)', kind: 'tls', port: ref.ports.tlsBare, serverCpu: refCpu, certgate: false },
-        { key: 'ref', label: 'bare smtp-server (requestCert)', kind: 'smtp', port: ref.ports.smtpCert, serverCpu: refCpu, certgate: false },
-        { key: 'cg', label: 'certgate (deployment A)', kind: 'smtp', port: portA + worker.offset, serverCpu: workerCpu, certgate: true },
-      ];
-      if (multi) targets.push({ key: 'cg-n', label: `certgate (A), ${processes} processes`, kind: 'smtp', port: portA + multi.offset, serverCpu: multiCpu, certgate: true });
-      if (postfix) {
-        targets.push({
-          key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => processTreeCpuMs(postfix.masterPid), certgate: false,
-          after: async () => {
-            await postfix.waitForQueue(DRAIN_MS).catch(() => console.log('           note: the Postfix queue did not drain in time'));
-          },
-        });
-      }
-      const spec = { ...base, certs: cards.map((c) => ({ cert: c.chainPem, key: c.keyPem })), users: [] };
-      const results = await runScenario(ctx, 'cert', targets, spec);
-      count(served, results);
-      const [t, r, c] = targets.map((x) => summarize(results, x)) as [Summary, Summary, Summary];
-      const line = `cert: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare TLS handshake ${fmt(t.rate)}/s ` +
-        `→ ${ratioText(results, 'cg', 'tls', c, t, 0.5)}; vs bare smtp-server ${fmt(r.rate)} sessions/s (p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) ` +
-        `→ ${ratioText(results, 'cg', 'ref', c, r, 1.0)}; client CPU ${pct(c.clientShare)} of a core with certgate, ` +
-        `${pct(t.clientShare)} with bare TLS, ${pct(r.clientShare)} with bare smtp-server`;
-      console.log('  ' + line);
-      const lines = [line];
-      const all = [c, r, t];
-      if (multi) lines.push(processesLine('cert', results, summarize(results, targets.find((x) => x.key === 'cg-n')!), c));
-      if (postfix) {
-        const p = summarize(results, targets.find((x) => x.key === 'pf')!);
-        all.push(p);
-        lines.push(`cert: certgate vs Postfix (certificate-only) ${fmt(p.rate)} sessions/s (p50 ${fmt(p.p50, 0)} ms, p99 ${fmt(p.p99, 0)} ms) → ${ratioText(results, 'cg', 'pf', c, p, 1.2)}`);
-      } else {
-        lines.push(`cert: no Postfix reference (${postfixMissing})`);
-      }
-      lines.push(`  ${cpuLine(all)}`);
-      lines.push(`  cert: certgate's server-side CPU per session ${fmt(c.serverCpu, 2)} ms vs the bare relay's ${fmt(r.serverCpu, 2)} ms ` +
-        `(relative to the client's ${fmt(c.serverPerClient, 2)} vs ${fmt(r.serverPerClient, 2)}; target: at or below it): ${c.serverPerClient <= r.serverPerClient ? 'met' : 'MISSED'}`);
-      for (const l of lines.slice(1)) console.log('  ' + l.trim());
-      summaries.push(...lines);
-      noise.push(...all);
-      printHead(results);
-      if (argv.ocsp === 'on') {
-        const ocsp = await benchOcsp(ctx, cards, { port: portA + worker.offset, workerCpu, base: spec, own });
-        summaries.push(...ocsp.lines);
-        noise.push(...ocsp.noise);
-      }
-    }
-
-    if (scenarios.includes('proxy')) {
-      console.log('\nproxy: the auth session (no AUTH throttle) on one listener without and one with proxyProtocol (each session begins with a PROXY v2 header)');
-      const targets: Target[] = [
-        { key: 'cg-open', label: 'certgate (B, no PROXY header)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
-        { key: 'cg-proxy', label: 'certgate (B, PROXY v2 header)', kind: 'smtp', port: portBProxy + worker.offset, serverCpu: workerCpu, certgate: true, proxyHeader: true },
-      ];
-      const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
-      const results = await runScenario(ctx, 'proxy', targets, spec);
-      count(served, results);
-      const [plain, proxied] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
-      const line = `proxy: with vs without the PROXY header path ${fmt(proxied.rate)} vs ${fmt(plain.rate)} sessions/s ` +
-        `(p50 ${fmt(proxied.p50, 0)} vs ${fmt(plain.p50, 0)} ms) → ${ratioText(results, 'cg-proxy', 'cg-open', proxied, plain, 0.97)}`;
-      console.log('  ' + line);
-      console.log(`  ${cpuLine([proxied, plain])}`);
-      summaries.push(line, `  ${cpuLine([proxied, plain])}`);
-      noise.push(proxied, plain);
-      printHead(results);
-    }
-
-    console.log('\nsummary');
-    for (const s of summaries) console.log(s);
-    console.log(noiseNote(noise));
-  } finally {
-    currentLoad = null;
-    for (const stop of stoppers) await stop().catch((e: Error) => console.log(`while stopping: ${e.message}`));
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
-    // The profiles exist once the processes have exited.
+  // Owned first, so stopped last: the profiles exist once the processes have exited.
+  own(workDir, async (dir) => {
     if (profileDir) {
       await printProfiles(join(profileDir, 'worker'), 'certgate worker', served.worker).catch((e: Error) => console.log(`profile: ${e.message}`));
       await printProfiles(join(profileDir, 'reference'), 'reference servers', served.reference).catch((e: Error) => console.log(`profile: ${e.message}`));
     }
-    await rm(workDir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
+  });
+  const sys = own(
+    await startSystem({ workers: 1, workerEnv: preloads.worker.length ? { NODE_OPTIONS: preloads.worker.join(' ') } : {} }),
+    (v) => v.stop(),
+  );
+  checkpoint();
+  const pki = sys.pki;
+  const server = await pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: [HOST] });
+  // Smart-card shaped: CN LAST.FIRST.EDIPI, UPN and e-mail in subjectAltName, digitalSignature,
+  // clientAuth; issued by an intermediate as CAC/PIV certificates are, sent with it.
+  const cards: Issued[] = await Promise.all(
+    Array.from({ length: CARD_COUNT }, (_, i) => pki.client({
+      cn: `BENCH.CARD${i}.${1_000_000_000 + i}`, upn: `${1_000_000_000 + i}@mil`, email: `card${i}@example.mil`, issuer: 'intermediate', keyType,
+    })),
+  );
+  const users = benchUsers(userCount);
+  await sys.slapd.add(peopleLdif([...users, ...cards.map((c, i) => cardHolder(`card${i}`, c))]));
+  checkpoint();
+
+  // Deployment B (SMTP AUTH only) and deployment A (certificate only), each on its own listener.
+  const portB = await freePort();
+  const portA = await freePort();
+  const portBOpen = await freePort();
+  const portBProxy = await freePort();
+  const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
+  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
+  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
+    name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp-b', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
+  });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp-a', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };
+  // The load comes from one address: per-client connection limits stay out of its way. RELAYED-B counts
+  // failed AUTH per client and per user (the throttle's most expensive form), RELAYED-B-OPEN not at all.
+  const throttleOn = { perClient: { maxFailures: 100, windowSeconds: 600 }, perUser: { maxFailures: 10, windowSeconds: 900 } };
+  await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-B', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: throttleOn });
+  await sys.api.ok('POST', '/v1/mail-flow-policies', {
+    ...policy, name: 'RELAYED-B-OPEN', verifyClientCertificate: false, maxConnectionsPerClient: null, authFailureThrottle: { perClient: null, perUser: null },
+  });
+  await sys.api.ok('POST', '/v1/mail-flow-policies', { ...policy, name: 'RELAYED-A', verifyClientCertificate: true, maxConnectionsPerClient: null });
+  await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b', port: portB, authProfile: 'ldap-auth', policy: 'RELAYED-B', tls: { ...serverTls, clientCaPem: null } }));
+  await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-b-open', port: portBOpen, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }));
+  // The same listener behind a balancer: every connection from 127.0.0.1 begins with a PROXY v2 header.
+  await sys.api.ok('POST', '/v1/listeners', {
+    ...listener(sys, { name: 'submission-b-proxy', port: portBProxy, authProfile: 'ldap-auth', policy: 'RELAYED-B-OPEN', tls: { ...serverTls, clientCaPem: null } }),
+    proxyProtocol: { trustedProxies: [`${HOST}/32`] },
+  });
+  await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'submission-a', port: portA, authProfile: 'cac-auth', policy: 'RELAYED-A', tls: { ...serverTls, clientCaPem: pki.root.certPem } }));
+  await sys.settled(10_000);
+
+  checkpoint();
+  const ref = own(
+    await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' ')),
+    (v) => stopChild(v.child, { type: 'exit' }),
+  );
+  const refs = ref.child;
+  const load = own(await LoadChild.start(), (v) => v.stop());
+  onInterrupt(() => load.abort());
+  checkpoint();
+  const worker = sys.workers[0]!;
+  const ctx: Context = {
+    sys,
+    load,
+    pids: { client: load.child.pid, slapd: Number((await readFile(join(sys.slapd.dir, 'slapd.pid'), 'utf8').catch(() => '')).trim()) || undefined, redis: await redisPid(sys.redis.url), api: sys.apiProc.child.pid },
+    metricsUrl: `http://${HOST}:${worker.metricsPort}/metrics`,
+  };
+  const base = {
+    host: HOST, clients, warmupMs: warmup * 1000, measureMs: seconds * 1000, maxSessions: MAX_SESSIONS_PER_RUN, drainMs: DRAIN_MS,
+    sessionTimeoutMs: SESSION_TIMEOUT_MS, from: 'sender@example.com', to: 'rcpt@example.com', message: MESSAGE,
+  };
+  const summaries: string[] = [];
+  const noise: Summary[] = [];
+  const workerCpu = (): Promise<number | null> => processCpuMs(worker.child.pid);
+  // --processes: the same worker with WORKER_PROCESSES=n beside it, measured as a tree.
+  const multi = processes ? own(await sys.startWorker({ WORKER_PROCESSES: String(processes) }), (w) => w.stop()) : null;
+  const multiCpu = (): Promise<number | null> => processTreeCpuMs(multi?.child.pid);
+  if (multi) await sys.settled(20_000);
+  const refCpu = (): Promise<number | null> => processCpuMs(refs.pid);
+  const postfixMissing = argv.postfix === 'off' ? 'left out: --postfix off' : scenarios.includes('cert') ? await postfixUnavailable() : null;
+  let postfix: Postfix | null = null;
+  if (scenarios.includes('cert') && postfixMissing === null) {
+    postfix = own(await startPostfix({
+      relayhost: { host: HOST, port: sys.sink.port },
+      mode: 'cert',
+      serverTls: { certPem: server.certPem, keyPem: server.keyPem, caPem: pki.root.certPem },
+    }), (v) => v.stop());
   }
-  console.log(`\ndone in ${fmt((Date.now() - startedAt) / 1000, 0)} s`);
+  if (profileDir) {
+    // Profile from here on (see profilerPreload).
+    for (const pid of [worker.child.pid, refs.pid]) if (pid) process.kill(pid, 'SIGUSR2');
+  }
+
+  if (scenarios.includes('auth')) {
+    console.log(`\nauth: STARTTLS + AUTH PLAIN (LDAP bind + allow query, ${userCount} users) + one message relayed + QUIT`);
+    const targets: Target[] = [
+      { key: 'ref', label: 'bare smtp-server (AUTH unchecked)', kind: 'smtp', port: ref.ports.smtpAuth, serverCpu: refCpu, certgate: false },
+      { key: 'cg', label: 'certgate (deployment B)', kind: 'smtp', port: portB + worker.offset, serverCpu: workerCpu, certgate: true },
+      { key: 'cg-open', label: 'certgate (B, no AUTH throttle)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
+    ];
+    if (multi) targets.push({ key: 'cg-n', label: `certgate (B), ${processes} processes`, kind: 'smtp', port: portB + multi.offset, serverCpu: multiCpu, certgate: true });
+    const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
+    const results = await runScenario(ctx, 'auth', targets, spec);
+    count(served, results);
+    const [r, c] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
+    const line = `auth: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare ${fmt(r.rate)} sessions/s ` +
+      `(p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) → ${ratioText(results, 'cg', 'ref', c, r, greetingDelay === 'off' ? 0.9 : null)}` +
+      `${greetingDelay === 'off' ? '' : ' (the 0.9 target is like for like: --greeting-delay off)'}; ` +
+      `client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
+    const open = summarize(results, targets[2]!);
+    const throttle = `auth: AUTH throttle per client and per user on vs off: ${fmt(c.rate)} vs ${fmt(open.rate)} sessions/s → ${ratioText(results, 'cg', 'cg-open', c, open, 0.95)}`;
+    console.log('  ' + line);
+    console.log('  ' + throttle);
+    summaries.push(line, throttle, `  ${cpuLine([c, open, r])}`);
+    console.log(`  ${cpuLine([c, open, r])}`);
+    noise.push(c, open, r);
+    if (multi) summaries.push(processesLine('auth', results, summarize(results, targets[3]!), c));
+    printHead(results);
+  }
+
+  if (scenarios.includes('cert')) {
+    console.log(`\ncert: STARTTLS with a client certificate (${CARD_COUNT} listed cards, ${keyType.toUpperCase()}) + one message relayed, no AUTH`);
+    const targets: Target[] = [
+      { key: 'tls', label: 'bare TLS handshake (requestCert)', kind: 'tls', port: ref.ports.tlsBare, serverCpu: refCpu, certgate: false },
+      { key: 'ref', label: 'bare smtp-server (requestCert)', kind: 'smtp', port: ref.ports.smtpCert, serverCpu: refCpu, certgate: false },
+      { key: 'cg', label: 'certgate (deployment A)', kind: 'smtp', port: portA + worker.offset, serverCpu: workerCpu, certgate: true },
+    ];
+    if (multi) targets.push({ key: 'cg-n', label: `certgate (A), ${processes} processes`, kind: 'smtp', port: portA + multi.offset, serverCpu: multiCpu, certgate: true });
+    if (postfix) {
+      targets.push({
+        key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => processTreeCpuMs(postfix.masterPid), certgate: false,
+        after: async () => {
+          await postfix.waitForQueue(DRAIN_MS).catch(() => console.log('           note: the Postfix queue did not drain in time'));
+        },
+      });
+    }
+    const spec = { ...base, certs: cards.map((c) => ({ cert: c.chainPem, key: c.keyPem })), users: [] };
+    const results = await runScenario(ctx, 'cert', targets, spec);
+    count(served, results);
+    const [t, r, c] = targets.map((x) => summarize(results, x)) as [Summary, Summary, Summary];
+    const line = `cert: certgate ${fmt(c.rate)} sessions/s (p50 ${fmt(c.p50, 0)} ms, p99 ${fmt(c.p99, 0)} ms) vs bare TLS handshake ${fmt(t.rate)}/s ` +
+      `→ ${ratioText(results, 'cg', 'tls', c, t, 0.5)}; vs bare smtp-server ${fmt(r.rate)} sessions/s (p50 ${fmt(r.p50, 0)} ms, p99 ${fmt(r.p99, 0)} ms) ` +
+      `→ ${ratioText(results, 'cg', 'ref', c, r, 1.0)}; client CPU ${pct(c.clientShare)} of a core with certgate, ` +
+      `${pct(t.clientShare)} with bare TLS, ${pct(r.clientShare)} with bare smtp-server`;
+    console.log('  ' + line);
+    const lines = [line];
+    const all = [c, r, t];
+    if (multi) lines.push(processesLine('cert', results, summarize(results, targets.find((x) => x.key === 'cg-n')!), c));
+    if (postfix) {
+      const p = summarize(results, targets.find((x) => x.key === 'pf')!);
+      all.push(p);
+      lines.push(`cert: certgate vs Postfix (certificate-only) ${fmt(p.rate)} sessions/s (p50 ${fmt(p.p50, 0)} ms, p99 ${fmt(p.p99, 0)} ms) → ${ratioText(results, 'cg', 'pf', c, p, 1.2)}`);
+    } else {
+      lines.push(`cert: no Postfix reference (${postfixMissing})`);
+    }
+    lines.push(`  ${cpuLine(all)}`);
+    lines.push(`  cert: certgate's server-side CPU per session ${fmt(c.serverCpu, 2)} ms vs the bare relay's ${fmt(r.serverCpu, 2)} ms ` +
+      `(relative to the client's ${fmt(c.serverPerClient, 2)} vs ${fmt(r.serverPerClient, 2)}; target: at or below it): ${c.serverPerClient <= r.serverPerClient ? 'met' : 'MISSED'}`);
+    for (const l of lines.slice(1)) console.log('  ' + l.trim());
+    summaries.push(...lines);
+    noise.push(...all);
+    printHead(results);
+    if (argv.ocsp === 'on') {
+      const ocsp = await benchOcsp(ctx, cards, { port: portA + worker.offset, workerCpu, base: spec });
+      summaries.push(...ocsp.lines);
+      noise.push(...ocsp.noise);
+    }
+  }
+
+  if (scenarios.includes('proxy')) {
+    console.log('\nproxy: the auth session (no AUTH throttle) on one listener without and one with proxyProtocol (each session begins with a PROXY v2 header)');
+    const targets: Target[] = [
+      { key: 'cg-open', label: 'certgate (B, no PROXY header)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
+      { key: 'cg-proxy', label: 'certgate (B, PROXY v2 header)', kind: 'smtp', port: portBProxy + worker.offset, serverCpu: workerCpu, certgate: true, proxyHeader: true },
+    ];
+    const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
+    const results = await runScenario(ctx, 'proxy', targets, spec);
+    count(served, results);
+    const [plain, proxied] = targets.map((t) => summarize(results, t)) as [Summary, Summary];
+    const line = `proxy: with vs without the PROXY header path ${fmt(proxied.rate)} vs ${fmt(plain.rate)} sessions/s ` +
+      `(p50 ${fmt(proxied.p50, 0)} vs ${fmt(plain.p50, 0)} ms) → ${ratioText(results, 'cg-proxy', 'cg-open', proxied, plain, 0.97)}`;
+    console.log('  ' + line);
+    console.log(`  ${cpuLine([proxied, plain])}`);
+    summaries.push(line, `  ${cpuLine([proxied, plain])}`);
+    noise.push(proxied, plain);
+    printHead(results);
+  }
+
+  console.log('\nsummary');
+  for (const s of summaries) console.log(s);
+  console.log(noiseNote(noise));
 }
 
 /**
@@ -780,10 +644,10 @@ async function main(): Promise<void> {
 async function benchOcsp(
   ctx: Context,
   cards: Issued[],
-  o: { port: number; workerCpu: () => Promise<number | null>; base: Omit<LoadSpec, 'kind' | 'port'>; own: <T>(value: T, stop: (v: T) => Promise<void>) => T },
+  o: { port: number; workerCpu: () => Promise<number | null>; base: Omit<LoadSpec, 'kind' | 'port'> },
 ): Promise<{ lines: string[]; noise: Summary[] }> {
   const { sys } = ctx;
-  const responder = o.own(await startOcspResponder({ ca: sys.pki.intermediate, entries: cards.map((c) => ({ serial: c.serial })) }), (r) => r.stop());
+  const responder = own(await startOcspResponder({ ca: sys.pki.intermediate, entries: cards.map((c) => ({ serial: c.serial })) }), (r) => r.stop());
   const ocspOn = (maxCacheSeconds: number) => async () => {
     await sys.api.ok('PUT', '/v1/ocsp-settings', { ...DEFAULT_OCSP_SETTINGS, inboundSmtpTls: true, responderUrl: responder.url, maxCacheSeconds });
     await sys.settled(10_000);
@@ -946,8 +810,4 @@ async function printProfiles(dir: string, what: string, sessions: number): Promi
   }
 }
 
-await main().catch((err: unknown) => {
-  // After a signal, whatever failed because of it is moot: everything has been stopped.
-  if (!interrupted) throw err;
-});
-if (interrupted) process.exit(130);
+await runBench(main);

@@ -1,8 +1,9 @@
-// Small measuring helpers for bench/smtp.ts: percentiles, medians, the CPU time of other
-// processes (from /proc) and the worker's Prometheus histograms.
+// Small measuring helpers for the benchmarks: percentiles, medians, the CPU time of other
+// processes (from /proc; Redis's pid from INFO) and the worker's Prometheus histograms.
 import { execFile } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
 
 const execFileAsync = promisify(execFile);
 
@@ -124,3 +125,17 @@ export async function fetchText(url: string): Promise<string> {
 }
 
 export const fmt = (n: number, digits = 1): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+
+/** The pid of the Redis server at `url` (from INFO), for its CPU account; undefined when it does not answer. */
+export async function redisPid(url: string): Promise<number | undefined> {
+  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await r.connect();
+    const m = /process_id:(\d+)/.exec(await r.info('server'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    r.disconnect();
+  }
+}
