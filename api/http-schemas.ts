@@ -81,6 +81,7 @@ export const LdapProfileTest = Type.Union(
   ],
   { $id: 'LdapProfileTest' },
 );
+export type LdapProfileTest = Static<typeof LdapProfileTest>;
 
 const TokenValue = Type.Union([Type.String(), Type.Null()]);
 
@@ -103,6 +104,7 @@ export const LdapProfileTestResult = Type.Object(
   },
   { $id: 'LdapProfileTestResult' },
 );
+export type LdapProfileTestResult = Static<typeof LdapProfileTestResult>;
 
 export const Health = Type.Object(
   { status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]), redis: Type.Union([Type.Literal('up'), Type.Literal('down')]) },

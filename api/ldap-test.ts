@@ -6,31 +6,9 @@ import { certificateFacts } from '../shared/pki/certificate.ts';
 import { parsePemCertificates } from '../shared/pki/pem.ts';
 import { certificateTokenValues, type CertificateTokenValues } from '../shared/directory/tokens.ts';
 import { badRequest } from './errors.ts';
+import type { LdapProfileTest, LdapProfileTestResult } from './http-schemas.ts';
 
-export type LdapTestRequest =
-  | { query: 'certificate'; certificatePem: string }
-  | { query: 'smtpAuth'; username: string; password: string };
-
-export interface LdapTestResult {
-  matched: boolean;
-  dn: string | null;
-  userId: string | null;
-  authenticated: boolean | null;
-  allowed: boolean | null;
-  durationMs: number;
-  /** The escaped filter sent to the directory; null when none was (a token the certificate lacks). */
-  filter: string | null;
-  /** The directory's answer, e.g. `one`, `none`, `many`, `invalid-credentials`, `directory-unavailable`. */
-  outcome: string;
-  /** certificate: the query tokens' values taken from the certificate. */
-  tokens: CertificateTokenValues | null;
-  /** smtpAuth with an allowQuery: the escaped allowance filter. */
-  allowFilter: string | null;
-  /** The directory's own words when it could not answer or refused (SPEC §2.1); null otherwise. */
-  error: string | null;
-}
-
-export async function runLdapTest(profile: LdapProfile, body: LdapTestRequest, now: Date = new Date()): Promise<LdapTestResult> {
+export async function runLdapTest(profile: LdapProfile, body: LdapProfileTest, now: Date = new Date()): Promise<LdapProfileTestResult> {
   const started = performance.now();
   const directory = new Directory(profile);
   try {
@@ -42,7 +20,7 @@ export async function runLdapTest(profile: LdapProfile, body: LdapTestRequest, n
   }
 }
 
-async function certificateTest(profile: LdapProfile, directory: Directory, pem: string, started: number): Promise<LdapTestResult> {
+async function certificateTest(profile: LdapProfile, directory: Directory, pem: string, started: number): Promise<LdapProfileTestResult> {
   if (!profile.certificateQuery) throw badRequest(`body/query: LDAP profile "${profile.name}" has no certificateQuery`);
   let tokens: CertificateTokenValues;
   try {
@@ -59,7 +37,7 @@ async function certificateTest(profile: LdapProfile, directory: Directory, pem: 
   };
 }
 
-async function smtpAuthTest(profile: LdapProfile, directory: Directory, username: string, password: string, now: Date, started: number): Promise<LdapTestResult> {
+async function smtpAuthTest(profile: LdapProfile, directory: Directory, username: string, password: string, now: Date, started: number): Promise<LdapProfileTestResult> {
   const query = profile.smtpAuthQuery;
   if (!query) throw badRequest(`body/query: LDAP profile "${profile.name}" has no smtpAuthQuery`);
   const auth = await directory.authenticate(username, password);
