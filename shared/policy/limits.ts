@@ -21,9 +21,7 @@
 //   reply would shift every later reply by one, QUIT's 221 included); an implicit-TLS or rule-1
 //   refusal is the greeting.
 import type { Listener, MailFlowPolicy } from '../config/schemas.ts';
-import type { Reply } from './rules.ts';
-
-const reply = (code: number, text: string): Reply => ({ code, text });
+import { reply, type Reply } from './rules.ts';
 
 export const LIMIT_REPLIES = {
   tooManyMessages: reply(452, '4.5.3 Too many messages in this connection'),

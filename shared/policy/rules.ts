@@ -8,7 +8,8 @@ import { domainToASCII } from 'node:url';
 /** An SMTP reply: the one reply type of the worker (the same shape as a configured notAllowedResponse). */
 export type Reply = SmtpReply;
 
-const reply = (code: number, text: string): Reply => ({ code, text });
+/** A reply from its code and text (the tables of replies here and in limits.ts). */
+export const reply = (code: number, text: string): Reply => ({ code, text });
 
 export const REPLIES = {
   rejectedAtConnect: reply(554, '5.7.1 Access denied'),
