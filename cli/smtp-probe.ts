@@ -97,45 +97,47 @@ function keywords(reply: Reply): string[] {
 }
 
 function tcpConnect(o: ProbeOptions): Promise<net.Socket> {
+  return established(net.connect({ host: o.host, port: o.port }), 'connect', o.timeoutMs, {
+    timeout: `no TCP connection to ${o.host}:${o.port} within ${o.timeoutMs} ms`,
+    error: (err) => `cannot connect to ${o.host}:${o.port}: ${err.code ?? err.message}`,
+  });
+}
+
+function tlsConnect(o: ProbeOptions, socket: net.Socket | null): Promise<tls.TLSSocket> {
+  const s = tls.connect({
+    ...(socket ? { socket } : { host: o.host, port: o.port }),
+    servername: o.servername && net.isIP(o.servername) === 0 ? o.servername : undefined,
+    ca: o.ca,
+    cert: o.cert,
+    key: o.key,
+    // Verified below, in words; the probe goes on to see what else is wrong.
+    rejectUnauthorized: false,
+  });
+  return established(s, 'secureConnect', o.timeoutMs, {
+    timeout: `TLS handshake with ${o.host}:${o.port} did not finish within ${o.timeoutMs} ms`,
+    error: (err) => `TLS handshake with ${o.host}:${o.port} failed: ${err.code ?? ''} ${err.message}`.replace(/\s+/g, ' '),
+  });
+}
+
+/** `socket` once it emits `ready`; else an error in these words, after timeoutMs (the socket destroyed) or on its error. */
+function established<S extends net.Socket>(
+  socket: S,
+  ready: 'connect' | 'secureConnect',
+  timeoutMs: number,
+  words: { timeout: string; error: (err: NodeJS.ErrnoException) => string },
+): Promise<S> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: o.host, port: o.port });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error(`no TCP connection to ${o.host}:${o.port} within ${o.timeoutMs} ms`));
-    }, o.timeoutMs);
-    socket.once('connect', () => {
+      reject(new Error(words.timeout));
+    }, timeoutMs);
+    socket.once(ready, () => {
       clearTimeout(timer);
       resolve(socket);
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      reject(new Error(`cannot connect to ${o.host}:${o.port}: ${err.code ?? err.message}`));
-    });
-  });
-}
-
-function tlsConnect(o: ProbeOptions, socket: net.Socket | null): Promise<tls.TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({
-      ...(socket ? { socket } : { host: o.host, port: o.port }),
-      servername: o.servername && net.isIP(o.servername) === 0 ? o.servername : undefined,
-      ca: o.ca,
-      cert: o.cert,
-      key: o.key,
-      // Verified below, in words; the probe goes on to see what else is wrong.
-      rejectUnauthorized: false,
-    });
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`TLS handshake with ${o.host}:${o.port} did not finish within ${o.timeoutMs} ms`));
-    }, o.timeoutMs);
-    s.once('secureConnect', () => {
-      clearTimeout(timer);
-      resolve(s);
-    });
-    s.once('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      reject(new Error(`TLS handshake with ${o.host}:${o.port} failed: ${err.code ?? ''} ${err.message}`.replace(/\s+/g, ' ')));
+      reject(new Error(words.error(err)));
     });
   });
 }
