@@ -10,8 +10,9 @@ import { SocketAddress } from 'node:net';
 import {
   crc32c, parseProxyHeader, proxiedClient, ProxyHeaderReader, V1_MAX_BYTES, V2_MAX_BYTES, type ProxyHeader, type ProxyParse,
 } from '../worker/smtp/proxy-protocol.ts';
+import { PROXY_V2_SIGNATURE } from './helpers/proxy-header.ts';
+import { seededRandom } from './helpers/random.ts';
 
-const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
 const ascii = (text: string) => Buffer.from(text, 'ascii');
 
 /** A v2 header: version/command byte, family/transport byte, then the block (addresses and TLVs). */
@@ -20,7 +21,7 @@ function v2(versionCommand: number, familyTransport: number, block: Buffer, decl
   fixed[0] = versionCommand;
   fixed[1] = familyTransport;
   fixed.writeUInt16BE(declaredLength, 2);
-  return Buffer.concat([SIGNATURE, fixed, block]);
+  return Buffer.concat([PROXY_V2_SIGNATURE, fixed, block]);
 }
 
 function tlv(type: number, value: Buffer): Buffer {
@@ -224,8 +225,8 @@ describe('version 2', () => {
 
   test('refused as soon as the signature, version or command goes wrong', () => {
     expectInvalid(parseProxyHeader(Buffer.from([0x0d, 0x0a, 0x0d, 0x0b])), /not a PROXY/, 'a wrong signature byte');
-    expectInvalid(parseProxyHeader(Buffer.concat([SIGNATURE, Buffer.from([0x10])])), /version 1/, 'a wrong version at byte 13');
-    assert.equal(parseProxyHeader(Buffer.concat([SIGNATURE, Buffer.from([0x21])])).state, 'incomplete', 'a right version at byte 13');
+    expectInvalid(parseProxyHeader(Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x10])])), /version 1/, 'a wrong version at byte 13');
+    assert.equal(parseProxyHeader(Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x21])])).state, 'incomplete', 'a right version at byte 13');
   });
 });
 
@@ -264,24 +265,12 @@ describe('incremental', () => {
 
 // ---------------------------------------------------------------- fuzz against a reference decoder
 
-/** mulberry32: a small seeded generator, so that a failing case can be replayed from its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * The reference: decodes a buffer that must be exactly one complete header, from the
  * protocol text, written independently of the parser. null: not a valid header.
  */
 function reference(bytes: Buffer): ProxyHeader | null {
-  if (bytes.subarray(0, 12).equals(SIGNATURE)) {
+  if (bytes.subarray(0, 12).equals(PROXY_V2_SIGNATURE)) {
     if (bytes.length < 16 || bytes.length > V2_MAX_BYTES || bytes.readUInt16BE(14) !== bytes.length - 16) return null;
     const [vc, ft] = [bytes[12]!, bytes[13]!];
     if (vc === 0x20) return { version: 2, command: 'local' };
@@ -403,7 +392,7 @@ describe('fuzz (seeded, bounded)', () => {
   const ROUNDS = 4000;
 
   test(`${ROUNDS} generated headers parse exactly as the reference decodes them, whole, in pieces and followed by data`, () => {
-    const next = random(SEED);
+    const next = seededRandom(SEED);
     for (let i = 0; i < ROUNDS; i++) {
       const header = generate(next);
       const expected = reference(header);
@@ -416,7 +405,7 @@ describe('fuzz (seeded, bounded)', () => {
   });
 
   test(`${ROUNDS} mutated headers and ${ROUNDS} random inputs: never a throw, never an address the reference refuses`, () => {
-    const next = random(SEED + 1);
+    const next = seededRandom(SEED + 1);
     const seen = { incomplete: 0, header: 0, invalid: 0 };
     for (let i = 0; i < ROUNDS; i++) {
       let input = generate(next);
@@ -425,7 +414,7 @@ describe('fuzz (seeded, bounded)', () => {
       seen[check(input, next, `mutation ${i} ${input.toString('hex')}`)]++;
       const noise = Buffer.from(Array.from({ length: Math.floor(next() * 200) }, () => Math.floor(next() * 256)));
       // Random bytes behind a right beginning reach the deeper checks.
-      const start = [Buffer.alloc(0), ascii('PROXY '), SIGNATURE, Buffer.concat([SIGNATURE, Buffer.from([0x21, 0x11])])][Math.floor(next() * 4)]!;
+      const start = [Buffer.alloc(0), ascii('PROXY '), PROXY_V2_SIGNATURE, Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x21, 0x11])])][Math.floor(next() * 4)]!;
       seen[check(Buffer.concat([start, noise]), next, `noise ${i}`)]++;
     }
     // The mutations must exercise every verdict, or the fuzz tells nothing.

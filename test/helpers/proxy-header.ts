@@ -10,11 +10,12 @@ export function proxyHeaderV1(source: Endpoint, destination: Endpoint): Buffer {
   return Buffer.from(`PROXY ${family} ${source.address} ${destination.address} ${source.port} ${destination.port}\r\n`, 'ascii');
 }
 
-const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+/** The 12 bytes every v2 header begins with. */
+export const PROXY_V2_SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
 
 /** The binary header with the PROXY command over TCP (send-proxy-v2), or LOCAL (a health check) without endpoints. */
 export function proxyHeaderV2(source: Endpoint | null, destination?: Endpoint): Buffer {
-  if (source === null || destination === undefined) return Buffer.concat([SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]);
+  if (source === null || destination === undefined) return Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]);
   const v4 = isIPv4(source.address);
   const addressBytes = (a: string) => (v4 ? Buffer.from(a.split('.').map(Number)) : ipv6Bytes(a));
   const ports = Buffer.alloc(4);
@@ -23,7 +24,7 @@ export function proxyHeaderV2(source: Endpoint | null, destination?: Endpoint): 
   const block = Buffer.concat([addressBytes(source.address), addressBytes(destination.address), ports]);
   const fixed = Buffer.from([0x21, v4 ? 0x11 : 0x21, 0, 0]);
   fixed.writeUInt16BE(block.length, 2);
-  return Buffer.concat([SIGNATURE, fixed, block]);
+  return Buffer.concat([PROXY_V2_SIGNATURE, fixed, block]);
 }
 
 function ipv6Bytes(address: string): Buffer {
