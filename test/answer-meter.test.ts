@@ -5,14 +5,7 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import type { Socket } from 'node:net';
 import { AnswerMeter } from '../shared/directory/answer-meter.ts';
-
-function tlv(tag: number, body: Buffer): Buffer {
-  const n = body.length;
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v % 256);
-  const length = n < 0x80 ? [n] : [0x80 | bytes.length, ...bytes];
-  return Buffer.concat([Buffer.from([tag, ...length]), body]);
-}
+import { tlv } from './helpers/der.ts';
 
 /** An LDAPMessage with messageID `id` (1..4 bytes) and a protocolOp of `tag` holding `size` bytes. */
 function msg(id: number, tag: number, size: number): Buffer {

@@ -19,23 +19,11 @@ import {
 import { certificateFacts } from '../shared/pki/certificate.ts';
 import { children, readTlv } from '../shared/pki/der.ts';
 import { createPki, type CaHandle, type Pki } from './helpers/pki.ts';
+import { tlv } from './helpers/der.ts';
 
 const execFileAsync = promisify(execFile);
 
 // --- a few DER building blocks to craft CRLs openssl will not make ---------
-
-function tlv(tag: number, ...parts: Buffer[]): Buffer {
-  const content = Buffer.concat(parts);
-  const n = content.length;
-  let len: Buffer;
-  if (n < 0x80) len = Buffer.from([n]);
-  else {
-    const bytes: number[] = [];
-    for (let x = n; x > 0; x = Math.floor(x / 256)) bytes.unshift(x & 0xff);
-    len = Buffer.from([0x80 | bytes.length, ...bytes]);
-  }
-  return Buffer.concat([Buffer.from([tag]), len, content]);
-}
 
 const oidDer = (dotted: string): Buffer => {
   const arcs = dotted.split('.').map(Number);

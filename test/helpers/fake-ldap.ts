@@ -14,6 +14,7 @@
  * connection.
  */
 import net from 'node:net';
+import { tlv } from './der.ts';
 
 export type FakeLdapMode = 'endless' | 'many' | 'huge' | 'silent' | 'one';
 
@@ -26,20 +27,6 @@ export interface FakeLdap {
   /** Bytes of search answers written so far. */
   bytesSent: number;
   stop(): Promise<void>;
-}
-
-/** BER: tag, definite length, content. */
-function tlv(tag: number, ...content: Buffer[]): Buffer {
-  const body = Buffer.concat(content);
-  const n = body.length;
-  let length: Buffer;
-  if (n < 0x80) length = Buffer.from([n]);
-  else {
-    const bytes: number[] = [];
-    for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v % 256);
-    length = Buffer.from([0x80 | bytes.length, ...bytes]);
-  }
-  return Buffer.concat([Buffer.from([tag]), length, body]);
 }
 
 const integer = (tag: number, v: number): Buffer => {
