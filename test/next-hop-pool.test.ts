@@ -10,29 +10,16 @@ import { Readable } from 'node:stream';
 import type { X509Certificate } from 'node:crypto';
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerOptions } from 'smtp-server';
-import type { NextHopTarget, RelayResult } from '../worker/relay/next-hop.ts';
+import type { RelayResult } from '../worker/relay/next-hop.ts';
 import { NextHopPool } from '../worker/relay/pool.ts';
 import { createPki, type Pki } from './helpers/pki.ts';
-
-const PREFIX = Buffer.from('Received: from client.example by gateway.example.com (certgate); Fri, 27 Nov 2026 18:30:00 +0000\r\n');
-const ENVELOPE = { from: 'alice@example.com', to: ['bob@example.org'], smtpUtf8: false, body8bit: false };
-
-function target(port: number, extra: Partial<NextHopTarget> = {}): NextHopTarget {
-  return { host: '127.0.0.1', port, tls: 'none', caPem: null, heloName: 'gateway.example.com', timeoutMs: 5000, ...extra };
-}
+import { listening } from './helpers/ports.ts';
+import { assertRejected, envelope, PREFIX, target } from './helpers/relay.ts';
 
 const body = (text: string): Readable => Readable.from([Buffer.from(`Subject: ${text}\r\n\r\n${text}\r\n`)]);
 
 function assertAccepted(r: RelayResult): void {
   assert.equal(r.accepted, true, JSON.stringify(r));
-}
-
-function assertRejected(r: RelayResult, code: number, stage: string, text?: RegExp): void {
-  assert.equal(r.accepted, false, `expected a failure, got ${JSON.stringify(r)}`);
-  if (r.accepted) return;
-  assert.equal(r.reply.code, code, JSON.stringify(r));
-  assert.equal(r.stage, stage, JSON.stringify(r));
-  if (text) assert.match(r.reply.text, text);
 }
 
 /** Polls `cond` every 20 ms until it holds; fails with `what` after 10 s. */
@@ -42,17 +29,6 @@ async function until(cond: () => boolean, what: string): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
   assert.fail(`timed out waiting for ${what}`);
-}
-
-async function listen(srv: net.Server): Promise<number> {
-  await new Promise<void>((resolve, reject) => {
-    srv.once('listening', () => resolve());
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1');
-  });
-  const addr = srv.address();
-  if (addr === null || typeof addr === 'string') throw new Error('no port');
-  return addr.port;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -93,7 +69,7 @@ async function startRealHop(options: Partial<SMTPServerOptions> = {}): Promise<R
     },
   });
   server.on('error', () => undefined);
-  hop.port = await listen(server.server);
+  hop.port = await listening(server.server);
   hop.stop = () => new Promise((resolve) => server.close(() => resolve()));
   return hop;
 }
@@ -205,7 +181,7 @@ async function startFakeHop(): Promise<FakeHop> {
       }
     });
   });
-  hop.port = await listen(srv);
+  hop.port = await listening(srv);
   hop.stop = () =>
     new Promise((resolve) => {
       for (const s of sockets) s.destroy();
@@ -234,7 +210,7 @@ describe('next-hop connection reuse', () => {
     hop.complete.length = 0;
     hop.fault = fault;
   }
-  const send = (subject: string): Promise<RelayResult> => pool.relay(target(hop.port), ENVELOPE, PREFIX, body(subject));
+  const send = (subject: string): Promise<RelayResult> => pool.relay(target(hop.port), envelope(), PREFIX, body(subject));
 
   test('consecutive messages share one connection, RSET before each reuse, pipelined with MAIL and RCPT', async () => {
     reset();
@@ -374,12 +350,12 @@ describe('next-hop connection reuse with a real next hop', () => {
     const hop = await startRealHop({ socketTimeout: 1500 });
     const pool = new NextHopPool({ idleMs: 60_000 });
     try {
-      assertAccepted(await pool.relay(target(hop.port), ENVELOPE, PREFIX, body('r1')));
+      assertAccepted(await pool.relay(target(hop.port), envelope(), PREFIX, body('r1')));
       await until(() => hop.closed === 1, 'the next hop closing the idle connection');
-      assertAccepted(await pool.relay(target(hop.port), ENVELOPE, PREFIX, body('r2')));
+      assertAccepted(await pool.relay(target(hop.port), envelope(), PREFIX, body('r2')));
       assert.equal(hop.connections, 2);
       assert.deepEqual(hop.subjects, ['r1', 'r2']);
-      assertAccepted(await pool.relay(target(hop.port), ENVELOPE, PREFIX, body('r3')));
+      assertAccepted(await pool.relay(target(hop.port), envelope(), PREFIX, body('r3')));
       assert.equal(hop.connections, 2, 'reused while the next hop keeps it');
     } finally {
       pool.close();
@@ -411,13 +387,13 @@ describe('next-hop connection reuse with a real next hop', () => {
       const t = target(hop.port, { tls: 'required', caPem: pki.root.certPem, checkServerCertificate: check });
       try {
         const before = hop.connections;
-        assertAccepted(await pool.relay(t, ENVELOPE, PREFIX, body('t1')));
-        assertAccepted(await pool.relay(t, ENVELOPE, PREFIX, body('t2')));
+        assertAccepted(await pool.relay(t, envelope(), PREFIX, body('t1')));
+        assertAccepted(await pool.relay(t, envelope(), PREFIX, body('t2')));
         assert.equal(hop.connections - before, 1, 'the TLS connection was reused');
         assert.equal(seen.length, 2, 'checked at connect and at reuse');
         assert.ok(seen.every((n) => n >= 1));
         verdict = 'revoked';
-        assertRejected(await pool.relay(t, ENVELOPE, PREFIX, body('t3')), 451, 'tls', /^4\.4\.1 next hop certificate revoked$/);
+        assertRejected(await pool.relay(t, envelope(), PREFIX, body('t3')), 451, 'tls', /^4\.4\.1 next hop certificate revoked$/);
         assert.deepEqual(hop.subjects.slice(-2), ['t1', 't2']);
         assert.equal(pool.idleCount, 0, 'a connection whose certificate failed the check is not kept');
       } finally {
@@ -428,12 +404,12 @@ describe('next-hop connection reuse with a real next hop', () => {
     test('a target with another CA never gets a connection verified against a different one', async () => {
       const pool = new NextHopPool();
       try {
-        assertAccepted(await pool.relay(target(hop.port, { tls: 'required', caPem: pki.root.certPem }), ENVELOPE, PREFIX, body('k1')));
+        assertAccepted(await pool.relay(target(hop.port, { tls: 'required', caPem: pki.root.certPem }), envelope(), PREFIX, body('k1')));
         assert.equal(pool.idleCount, 1);
-        const r = await pool.relay(target(hop.port, { tls: 'required', caPem: pki.foreign.certPem }), ENVELOPE, PREFIX, body('k2'));
+        const r = await pool.relay(target(hop.port, { tls: 'required', caPem: pki.foreign.certPem }), envelope(), PREFIX, body('k2'));
         assertRejected(r, 451, 'tls', /^4\.4\.1 TLS handshake with next hop failed/);
         assert.ok(!hop.subjects.includes('k2'));
-        const other = await pool.relay(target(hop.port, { tls: 'required', caPem: pki.root.certPem, heloName: 'other.example.com' }), ENVELOPE, PREFIX, body('k3'));
+        const other = await pool.relay(target(hop.port, { tls: 'required', caPem: pki.root.certPem, heloName: 'other.example.com' }), envelope(), PREFIX, body('k3'));
         assertAccepted(other);
         assert.equal(pool.idleCount, 2, 'another HELO name is another pool key');
       } finally {

@@ -13,7 +13,8 @@ import type { X509Certificate } from 'node:crypto';
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerAddressArgs, SMTPServerOptions } from 'smtp-server';
 import { DotStuffer, ReplyParser, relayMessage } from '../worker/relay/next-hop.ts';
-import type { NextHopTarget, RelayEnvelope, RelayResult } from '../worker/relay/next-hop.ts';
+import { listening } from './helpers/ports.ts';
+import { assertRejected, envelope, PREFIX, target } from './helpers/relay.ts';
 
 const run = promisify(execFile);
 
@@ -105,20 +106,9 @@ async function startHop(opts: HopOptions = {}): Promise<Hop> {
     },
   });
   server.on('error', (e: Error) => console.error('next hop error:', e.message));
-  hop.port = await listen(server.server, () => server.listen(0, '127.0.0.1'));
+  hop.port = await listening(server.server, () => server.listen(0, '127.0.0.1'));
   hop.stop = () => new Promise((resolve) => server.close(() => resolve()));
   return hop;
-}
-
-async function listen(srv: net.Server, start: () => void): Promise<number> {
-  await new Promise<void>((resolve, reject) => {
-    srv.once('listening', () => resolve());
-    srv.once('error', reject);
-    start();
-  });
-  const addr = srv.address();
-  if (addr === null || typeof addr === 'string') throw new Error('no port');
-  return addr.port;
 }
 
 /** A raw TCP next hop speaking a scripted dialogue (for what smtp-server cannot be made to do). */
@@ -131,7 +121,7 @@ async function startRaw(onConnect: (socket: net.Socket) => void): Promise<{ port
     onConnect(s);
   });
   srv.on('error', (e: Error) => console.error('raw server error:', e.message));
-  const port = await listen(srv, () => srv.listen(0, '127.0.0.1'));
+  const port = await listening(srv);
   return {
     port,
     stop: () =>
@@ -162,7 +152,7 @@ function scripted(greeting: string | null, reply: (line: string, socket: net.Soc
 
 async function closedPort(): Promise<number> {
   const srv = net.createServer();
-  const port = await listen(srv, () => srv.listen(0, '127.0.0.1'));
+  const port = await listening(srv);
   await new Promise<void>((resolve) => srv.close(() => resolve()));
   return port;
 }
@@ -170,27 +160,9 @@ async function closedPort(): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const PREFIX = Buffer.from('Received: from client.example by gateway.example.com (certgate); Fri, 27 Nov 2026 18:30:00 +0000\r\n');
-
-function target(port: number, extra: Partial<NextHopTarget> = {}): NextHopTarget {
-  return { host: '127.0.0.1', port, tls: 'none', caPem: null, heloName: 'gateway.example.com', timeoutMs: 5000, ...extra };
-}
-
-function envelope(extra: Partial<RelayEnvelope> = {}): RelayEnvelope {
-  return { from: 'alice@example.com', to: ['bob@example.org'], smtpUtf8: false, body8bit: false, ...extra };
-}
-
 /** A message stream that hands out exactly these chunks (Buffers, not strings). */
 function chunks(...parts: (string | Buffer)[]): Readable {
   return Readable.from(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p)));
-}
-
-function assertRejected(r: RelayResult, code: number, stage: string, textPattern?: RegExp): void {
-  assert.equal(r.accepted, false, `expected a failure, got ${JSON.stringify(r)}`);
-  if (r.accepted) return;
-  assert.equal(r.reply.code, code, JSON.stringify(r));
-  assert.equal(r.stage, stage, JSON.stringify(r));
-  if (textPattern) assert.match(r.reply.text, textPattern);
 }
 
 const mb = (bytes: number): string => (bytes / 1024 / 1024).toFixed(1);

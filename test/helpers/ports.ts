@@ -27,3 +27,15 @@ export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Starts `server` on a free loopback port (or as `start` says) and resolves with the port it got. */
+export async function listening(server: net.Server, start: () => void = () => server.listen(0, '127.0.0.1')): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', () => resolve());
+    server.once('error', reject);
+    start();
+  });
+  const addr = server.address();
+  if (addr === null || typeof addr === 'string') throw new Error('no port');
+  return addr.port;
+}
