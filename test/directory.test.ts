@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { Directory, type LdapProfileConfig, type QueryInfo } from '../shared/directory/client.ts';
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
+import { listening } from './helpers/ports.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -57,9 +58,7 @@ class TcpProxy {
   }
 
   async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    const address = this.server.address();
-    this.port = typeof address === 'object' && address ? address.port : 0;
+    this.port = await listening(this.server);
     return this;
   }
 

@@ -9,7 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { peopleLdif } from './helpers/people.ts';
 import { startSystem, type System } from './helpers/system.ts';
-import { freePort } from './helpers/ports.ts';
+import { freePort, listening } from './helpers/ports.ts';
 import { swaks } from './helpers/smtp-clients.ts';
 import { ldapProfile, listener, people } from './fixtures/deployments.ts';
 import { seededRandom } from './helpers/random.ts';
@@ -123,9 +123,8 @@ function fuzzSession(inputs: Buffer[]): Promise<string> {
 /** A real ClientHello from Node's TLS stack, as the first bytes a TLS client sends. */
 async function captureClientHello(): Promise<Buffer> {
   const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const p = await listening(server);
   const hello = new Promise<Buffer>((resolve) => server.once('connection', (s) => s.once('data', (b: Buffer) => { resolve(b); s.destroy(); })));
-  const { port: p } = server.address() as net.AddressInfo;
   const client = tls.connect({ port: p, host: '127.0.0.1', rejectUnauthorized: false });
   client.on('error', () => undefined);
   const b = await hello;

@@ -1,8 +1,8 @@
 // A CRL distribution point for tests: an HTTP server on a free loopback port whose files
 // (and their status, and a delay) tests set at will, counting the requests per path.
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { MinimalLogger } from '../../shared/util/logger.ts';
+import { listening } from './ports.ts';
 
 export interface ServedFile {
   body: Buffer;
@@ -37,8 +37,7 @@ export async function startCrlServer(): Promise<CrlServer> {
     if (file?.delayMs) setTimeout(answer, file.delayMs);
     else answer();
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
+  const port = await listening(server);
   return {
     url: (path) => `http://127.0.0.1:${port}${path}`,
     serve: (path, body, opts = {}) => files.set(path, { body, ...opts }),

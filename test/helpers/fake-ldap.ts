@@ -15,6 +15,7 @@
  */
 import net from 'node:net';
 import { tlv } from './der.ts';
+import { listening } from './ports.ts';
 
 export type FakeLdapMode = 'endless' | 'many' | 'huge' | 'silent' | 'one';
 
@@ -127,9 +128,7 @@ export async function startFakeLdap(mode: FakeLdapMode): Promise<FakeLdap> {
       }
     }
   };
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
+  const port = await listening(server);
   const handle: FakeLdap = {
     url: `ldap://127.0.0.1:${port}`,
     port,

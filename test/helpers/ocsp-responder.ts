@@ -24,6 +24,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Issued } from './pki.ts';
+import { listening } from './ports.ts';
 
 export interface IndexEntry {
   /** Hex serial as `Issued.serial` has it. */
@@ -178,8 +179,7 @@ export async function startOcspResponder(o: ResponderOptions): Promise<OcspRespo
       client.on('close', () => inner.end());
     });
   });
-  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
-  const { port } = relay.address() as net.AddressInfo;
+  const port = await listening(relay);
 
   return {
     url: `http://127.0.0.1:${port}/`,
@@ -234,8 +234,7 @@ export async function startFaultyResponder(kind: 'hang' | 'garbage' | 'huge' | '
       // hang: never answer
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
+  const port = await listening(server);
   return {
     url: `http://127.0.0.1:${port}/`,
     requests: () => requests,

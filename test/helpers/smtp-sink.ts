@@ -1,5 +1,6 @@
 import { SMTPServer } from 'smtp-server';
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import { listening } from './ports.ts';
 
 /**
  * A real SMTP next hop for tests: accepts everything (or answers a configured reply),
@@ -101,14 +102,7 @@ export async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   // Without an error listener a client dropping during the TLS handshake crashes the process.
   server.on('error', () => undefined);
 
-  const port = await new Promise<number>((resolve, reject) => {
-    const net = server.listen(opts.port ?? 0, '127.0.0.1', () => {
-      const addr = net.address();
-      if (addr === null || typeof addr === 'string') return reject(new Error('sink: no address'));
-      resolve(addr.port);
-    });
-    net.once('error', reject);
-  });
+  const port = await listening(server.server, () => server.listen(opts.port ?? 0, '127.0.0.1'));
 
   return {
     host: '127.0.0.1',
