@@ -15,13 +15,12 @@
  * stopped with SIGTERM (it takes a few seconds to exit). Ports are free ports
  * of the moment, so several runs never collide.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { access, chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort, waitForPort } from './ports.ts';
-import { once, recordPid, stopChild } from './processes.ts';
+import { missingProgram, once, startDaemon, stopChild } from './processes.ts';
 import { run } from './run.ts';
 import { makeServerCertificate } from './server-cert.ts';
 
@@ -60,7 +59,6 @@ export async function startDirsrv(): Promise<Dirsrv> {
   const ds = path.join(dir, 'ds');
   const configDir = path.join(ds, 'etc', 'dirsrv', `slapd-${INSTANCE}`);
   let child: ChildProcess | null = null;
-  let out = '';
   const stop = async (): Promise<void> => {
     if (child) await stopChild(child, 15_000);
     await rm(dir, { recursive: true, force: true });
@@ -71,20 +69,11 @@ export async function startDirsrv(): Promise<Dirsrv> {
     const [port, tlsPort] = [await freePort(), await freePort()];
     const [cert] = await Promise.all([makeServerCertificate(pki, 'certgate test 389-ds CA'), create(ds, port, tlsPort)]);
     await installCertificate(ds, configDir, cert);
-    child = spawn('/usr/sbin/ns-slapd', ['-D', configDir, '-i', path.join(ds, 'run', 'dirsrv', `slapd-${INSTANCE}.pid`), '-d', '0'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const ns = startDaemon('ns-slapd', '/usr/sbin/ns-slapd', ['-D', configDir, '-i', path.join(ds, 'run', 'dirsrv', `slapd-${INSTANCE}.pid`), '-d', '0']);
+    child = ns.child;
+    await Promise.race([Promise.all([waitForPort(port, 60_000), waitForPort(tlsPort, 60_000)]), ns.failed]).catch((err: Error) => {
+      throw new Error(`389-ds cannot start: ${err.message}: ${ns.output().trim().slice(-2000)}`);
     });
-    recordPid('ns-slapd', child.pid);
-    const keep = (b: Buffer): void => {
-      out = (out + b.toString()).slice(-20_000);
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    const exited = new Promise<never>((_resolve, reject) => {
-      child?.once('exit', (code, signal) => reject(new Error(`389-ds cannot start: ns-slapd exited (${signal ?? code}): ${out.trim().slice(-2000)}`)));
-    });
-    exited.catch(() => undefined);
-    await Promise.race([Promise.all([waitForPort(port, 60_000), waitForPort(tlsPort, 60_000)]), exited]);
     const ldapUrl = `ldap://127.0.0.1:${port}`;
     const modify: Dirsrv['modify'] = async (ldif) => {
       await run('ldapmodify', ['-x', '-H', ldapUrl, '-D', ROOT_DN, '-w', ROOT_PASSWORD], { input: ldif.trim() + '\n', timeoutMs: 30_000 });
@@ -115,13 +104,8 @@ export async function startDirsrv(): Promise<Dirsrv> {
 }
 
 async function assertInstalled(): Promise<void> {
-  for (const bin of ['/usr/sbin/dscreate', '/usr/sbin/ns-slapd', '/usr/bin/pwdhash', '/usr/bin/certutil', '/usr/bin/pk12util', '/usr/bin/ldapmodify']) {
-    try {
-      await access(bin, fsConstants.X_OK);
-    } catch {
-      throw new Error(`389-ds cannot start: ${bin} not found (scripts/ensure-deps.sh --test installs 389-ds-base, libnss3-tools, ldap-utils)`);
-    }
-  }
+  const missing = await missingProgram(['/usr/sbin/dscreate', '/usr/sbin/ns-slapd', '/usr/bin/pwdhash', '/usr/bin/certutil', '/usr/bin/pk12util', '/usr/bin/ldapmodify']);
+  if (missing) throw new Error(`389-ds cannot start: ${missing} not found (scripts/ensure-deps.sh --test installs 389-ds-base, libnss3-tools, ldap-utils)`);
   if (process.getuid?.() !== 0) throw new Error('389-ds cannot start: dscreate and ns-slapd (which switches to the dirsrv user) need root');
 }
 

@@ -8,12 +8,12 @@
 // way an operator would (`option smtpchk`, a PROXY header on the check connection: v2
 // LOCAL, v1 a TCP4 line naming the check connection's own endpoints); `serverStates()`
 // reads what it concluded from its stats socket.
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { freePort, waitForPort } from './ports.ts';
+import { startDaemon, stopChild } from './processes.ts';
 
 export type ProxyMode = 'v1' | 'v2' | 'none';
 
@@ -75,32 +75,17 @@ export async function startHaproxy(frontends: HaproxyFrontend[]): Promise<TestHa
   const configPath = path.join(dir, 'haproxy.cfg');
   await writeFile(configPath, `${lines.join('\n')}\n`);
 
-  const child = spawn('haproxy', ['-db', '-f', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let output = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk: string) => {
-    output = (output + chunk).slice(-20_000);
-  });
-  const failed = new Promise<never>((_, reject) => {
-    child.once('error', (e) => reject(new Error(`cannot start haproxy (is it installed? scripts/ensure-deps.sh --test): ${e.message}`)));
-    child.once('exit', (code, signal) => reject(new Error(`haproxy exited with ${code ?? signal}: ${output.slice(-2000)}`)));
-  });
-  failed.catch(() => undefined); // after start-up, an exit is expected (stop) and not an error
+  const haproxy = startDaemon('haproxy', 'haproxy', ['-db', '-f', configPath]);
+  const { child } = haproxy;
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(killer);
-    }
+    await stopChild(child, 5_000);
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    await Promise.race([Promise.all(Object.values(ports).map((p) => waitForPort(p, 15_000))), failed]);
+    await Promise.race([Promise.all(Object.values(ports).map((p) => waitForPort(p, 15_000))), haproxy.failed]);
   } catch (err) {
     await stop();
-    throw err;
+    throw new Error(`cannot start haproxy (is it installed? scripts/ensure-deps.sh --test): ${(err as Error).message}: ${haproxy.output().slice(-2000)}`, { cause: err });
   }
   if (child.pid === undefined) throw new Error('haproxy has no pid');
 
@@ -108,7 +93,7 @@ export async function startHaproxy(frontends: HaproxyFrontend[]): Promise<TestHa
     pid: child.pid,
     configPath,
     ports,
-    log: () => output,
+    log: haproxy.output,
     async serverStates(frontend) {
       const csv = await statsCommand(statsSocket, 'show stat\n');
       const [head = '', ...rows] = csv.split('\n');

@@ -18,15 +18,14 @@
  * stdin is a pipe too. stop() ends both by pid and removes the directory.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'ldapts';
 import { run } from './run.ts';
 import { makeServerCertificate } from './server-cert.ts';
-import { once, recordPid, stopChild } from './processes.ts';
+import { missingProgram, once, recordPid, startDaemon, stopChild, type Daemon } from './processes.ts';
 
 export const SAMBA_LOCK = '/tmp/certgate-samba.lock';
 /** The ports Samba's LDAP server always binds (smb.conf cannot move them). */
@@ -78,10 +77,9 @@ export async function startSambaAd(opts: SambaOptions = {}): Promise<SambaAd> {
   const conf = path.join(sd, 'etc', 'smb.conf');
   const tool: SambaAd['tool'] = (...args) => run('samba-tool', [...args, '-s', conf], { timeoutMs: 60_000 });
   let lock: ChildProcess | null = null;
-  let samba: ChildProcess | null = null;
-  let out = '';
+  let samba: Daemon | null = null;
   const stop = async (): Promise<void> => {
-    if (samba) await stopChild(samba, 10_000);
+    if (samba) await stopChild(samba.child, 10_000);
     if (lock) await stopChild(lock, 5_000);
     await rm(dir, { recursive: true, force: true });
   };
@@ -112,14 +110,8 @@ export async function startSambaAd(opts: SambaOptions = {}): Promise<SambaAd> {
 
     lock = await acquireLock(opts.lockWaitMs ?? 300_000);
     await assertPortsFree();
-    samba = spawn('samba', ['-i', '-M', 'single', '-s', conf, '--debug-stdout'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    recordPid('samba', samba.pid);
-    const keep = (b: Buffer): void => {
-      out = (out + b.toString()).slice(-20_000);
-    };
-    samba.stdout?.on('data', keep);
-    samba.stderr?.on('data', keep);
-    await waitForLdap(samba, cert.caPem, () => out);
+    samba = startDaemon('samba', 'samba', ['-i', '-M', 'single', '-s', conf, '--debug-stdout'], { stdin: 'pipe' });
+    await waitForLdap(samba, cert.caPem);
     const handle: SambaAd = {
       dir, realm: REALM, dnsDomain: DNS_DOMAIN, netbiosDomain: 'SAMDOM', baseDn: BASE_DN,
       adminUpn: `Administrator@${DNS_DOMAIN}`, adminPassword: ADMIN_PASSWORD, caPem: cert.caPem,
@@ -131,7 +123,7 @@ export async function startSambaAd(opts: SambaOptions = {}): Promise<SambaAd> {
           input: ldif.trim() + '\n', env: { LDAPTLS_CACERT: cert.caFile }, timeoutMs: 30_000,
         });
       },
-      output: () => out,
+      output: samba.output,
       stop: once(stop),
     };
     return handle;
@@ -142,13 +134,8 @@ export async function startSambaAd(opts: SambaOptions = {}): Promise<SambaAd> {
 }
 
 async function assertInstalled(): Promise<void> {
-  for (const bin of ['/usr/sbin/samba', '/usr/bin/samba-tool', '/usr/bin/flock', '/usr/bin/ldapmodify', '/usr/bin/openssl']) {
-    try {
-      await access(bin, fsConstants.X_OK);
-    } catch {
-      throw new Error(`Samba AD cannot start: ${bin} not found (scripts/ensure-deps.sh --test installs samba, samba-ad-dc, ldap-utils)`);
-    }
-  }
+  const missing = await missingProgram(['/usr/sbin/samba', '/usr/bin/samba-tool', '/usr/bin/flock', '/usr/bin/ldapmodify', '/usr/bin/openssl']);
+  if (missing) throw new Error(`Samba AD cannot start: ${missing} not found (scripts/ensure-deps.sh --test installs samba, samba-ad-dc, ldap-utils)`);
   if (process.getuid?.() !== 0) throw new Error('Samba AD cannot start: it binds ports 389/636/3268/3269, which needs root');
 }
 
@@ -214,16 +201,14 @@ async function assertPortsFree(): Promise<void> {
 }
 
 /** Waits until both LDAP ports answer a rootDSE search (Samba opens 389 and 636 a moment apart). */
-async function waitForLdap(samba: ChildProcess, caPem: string, output: () => string): Promise<void> {
-  let exited: string | null = null;
-  samba.once('exit', (code, signal) => (exited = `samba exited (${signal ?? code}) during start`));
-  samba.once('error', (e) => (exited = `samba could not be started: ${e.message}`));
+async function waitForLdap(samba: Daemon, caPem: string): Promise<void> {
   const deadline = Date.now() + 60_000;
   for (const url of [`ldaps://127.0.0.1:${SAMBA_PORTS.ldaps}`, `ldap://127.0.0.1:${SAMBA_PORTS.ldap}`]) {
     for (;;) {
-      if (exited) throw new Error(`Samba AD cannot start: ${exited}: ${output().trim().slice(-2000)}`);
+      const ended = samba.ended();
+      if (ended) throw new Error(`Samba AD cannot start: samba ${ended} during start: ${samba.output().trim().slice(-2000)}`);
       if (await answers(url, caPem)) break;
-      if (Date.now() > deadline) throw new Error(`Samba AD did not answer on ${url} within 60 s: ${output().trim().slice(-2000)}`);
+      if (Date.now() > deadline) throw new Error(`Samba AD did not answer on ${url} within 60 s: ${samba.output().trim().slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }

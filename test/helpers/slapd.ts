@@ -6,14 +6,14 @@
  * processes are used: tests host servers in the same process, and a
  * synchronous child process would block their event loop.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
-import net from 'node:net';
+import type { ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client } from 'ldapts';
+import { freePort } from './ports.ts';
+import { missingProgram, once, startDaemon, stopChild } from './processes.ts';
 import { run } from './run.ts';
 import { makeServerCertificate, type ServerCertificate } from './server-cert.ts';
 
@@ -92,25 +92,8 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<Slapd> {
 }
 
 async function assertInstalled(): Promise<void> {
-  for (const bin of [SLAPD, SLAPADD, '/usr/bin/ldapadd', '/usr/bin/ldapmodify']) {
-    try {
-      await access(bin, fsConstants.X_OK);
-    } catch {
-      throw new Error(`${bin} not found: install the Debian packages slapd and ldap-utils (apt-get install -y slapd ldap-utils)`);
-    }
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
+  const missing = await missingProgram([SLAPD, SLAPADD, '/usr/bin/ldapadd', '/usr/bin/ldapmodify']);
+  if (missing) throw new Error(`${missing} not found: install the Debian packages slapd and ldap-utils (apt-get install -y slapd ldap-utils)`);
 }
 
 function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null, rootPassword: string): string {
@@ -154,27 +137,16 @@ async function slapadd(dir: string, conf: string, extraLdif: string): Promise<vo
 
 /** Starts slapd in the foreground (`-d 0`: no fork, no debug output) and waits until it answers. */
 async function launch(conf: string, urls: string[], url: string): Promise<ChildProcess> {
-  const child = spawn(SLAPD, ['-d', '0', '-h', urls.join(' '), '-f', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (chunk: string) => {
-    stderr = (stderr + chunk).slice(-4000);
-  });
-  let exited: string | null = null;
-  child.once('exit', (code, signal) => {
-    exited = `slapd exited (${signal ?? code}) during start: ${stderr.trim() || 'no output'}`;
-  });
-  child.once('error', (err) => {
-    exited = `slapd could not be started: ${err.message}`;
-  });
+  const slapd = startDaemon('slapd', SLAPD, ['-d', '0', '-h', urls.join(' '), '-f', conf], { keep: 4000 });
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
-    if (exited) throw new Error(exited);
-    if (await answers(url)) return child;
+    const ended = slapd.ended();
+    if (ended) throw new Error(`slapd ${ended} during start: ${slapd.output().trim() || 'no output'}`);
+    if (await answers(url)) return slapd.child;
     await new Promise((r) => setTimeout(r, 25));
   }
-  child.kill('SIGKILL');
-  throw new Error(`slapd did not answer on ${url} within 10 s: ${stderr.trim()}`);
+  slapd.child.kill('SIGKILL');
+  throw new Error(`slapd did not answer on ${url} within 10 s: ${slapd.output().trim()}`);
 }
 
 async function answers(url: string): Promise<boolean> {
@@ -197,7 +169,6 @@ function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: num
     await writeFile(file, ldif.trim() + '\n');
     await run(`/usr/bin/${tool}`, ['-x', '-H', url, '-D', ROOT_DN, '-w', rootPassword, '-f', file], { timeoutMs: 30_000 });
   };
-  let stopped: Promise<void> | null = null;
   return {
     url,
     port,
@@ -208,25 +179,10 @@ function makeHandle(dir: string, port: number, child: ChildProcess, tlsPort: num
     ...(tlsPort ? { ldapsUrl: `ldaps://127.0.0.1:${tlsPort}`, caPem } : {}),
     add: (ldif) => ldapTool('ldapadd', ldif),
     modify: (ldif) => ldapTool('ldapmodify', ldif),
-    stop: () => (stopped ??= stop(child, dir)),
+    // slapd -d does not fork: the child is the server.
+    stop: once(async () => {
+      await stopChild(child, 5000);
+      await rm(dir, { recursive: true, force: true });
+    }),
   };
-}
-
-async function stop(child: ChildProcess, dir: string): Promise<void> {
-  const pid = await readFile(path.join(dir, 'slapd.pid'), 'utf8')
-    .then((s) => Number.parseInt(s.trim(), 10))
-    .catch(() => child.pid);
-  if (child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    // The pid file names the same process (slapd -d does not fork); fall back to the child handle.
-    try {
-      process.kill(pid ?? child.pid ?? 0, 'SIGTERM');
-    } catch {
-      child.kill('SIGTERM');
-    }
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  }
-  await rm(dir, { recursive: true, force: true });
 }
