@@ -38,7 +38,43 @@ describe('auth throttle decisions', () => {
     assert.equal(canonicalUser(' JDoe '), 'jdoe');
     assert.equal(canonicalUser('ｊｄｏｅ'), 'jdoe'); // full-width letters
     assert.equal(canonicalUser('Ä'), canonicalUser('A\u0308'));
-    assert.notEqual(canonicalUser('jdoe@example.com'), canonicalUser('jdoe'));
+  });
+
+  test('every spelling of one account falls on one key: DOMAIN\\ prefix and @domain suffix dropped', () => {
+    const spellings = [
+      'asmith', 'ASMITH', 'ASmith', ' asmith ',
+      'asmith@corp.example', 'ASMITH@CORP.EXAMPLE', 'asmith@other.example', 'asmith@',
+      'CORP\\asmith', 'corp\\ASMITH', 'CORP\\asmith@corp.example', 'CORP\\ asmith', 'A\\B\\asmith',
+      'ａｓｍｉｔｈ＠ｃｏｒｐ．ｅｘａｍｐｌｅ', // full-width, @ included: NFKC comes before the split
+      'ＣＯＲＰ＼ａｓｍｉｔｈ', // full-width backslash
+      'corp\ufe68asmith', // small reverse solidus, NFKC-equal to a backslash
+      'asmith@corp.example@evil.example',
+    ];
+    for (const name of spellings) assert.equal(canonicalUser(name), 'asmith', JSON.stringify(name));
+    const policy = { perClient: null, perUser: { maxFailures: 3, windowSeconds: 900 } };
+    const ids = new Set(spellings.map((name) => throttleKeys(policy, '192.0.2.7', name)[0]?.id));
+    assert.deepEqual([...ids], ['asmith'], 'one per-user counter for all of them');
+  });
+
+  test('different accounts stay apart; a name with nothing but a domain keeps its whole form', () => {
+    assert.notEqual(canonicalUser('asmith'), canonicalUser('bsmith'));
+    assert.notEqual(canonicalUser('CORP\\asmith'), canonicalUser('CORP\\bsmith'));
+    const cases: [string, string][] = [
+      ['a.smith@corp.example', 'a.smith'],
+      ['@corp.example', '@corp.example'],
+      ['CORP\\', 'corp\\'],
+      ['CORP\\@corp.example', 'corp\\@corp.example'],
+      ['', ''],
+      ['   ', ''],
+    ];
+    for (const [name, key] of cases) assert.equal(canonicalUser(name), key, JSON.stringify(name));
+  });
+
+  test('canonicalUser is idempotent: a key normalised again is the same key', () => {
+    for (const name of ['ASMITH', 'CORP\\asmith@corp.example', '@corp.example', 'CORP\\', 'Ä', 'ＣＯＲＰ＼ａｓｍｉｔｈ', ' x@y@z ']) {
+      const key = canonicalUser(name);
+      assert.equal(canonicalUser(key), key, JSON.stringify(name));
+    }
   });
 
   test('keys: per client by default, per user only when set, never for an empty name', () => {
@@ -146,6 +182,21 @@ describe('auth throttle counters in Redis', () => {
     assert.ok(stored.length > 0 && stored.every((k) => !k.includes('jdoe')), `no user name in a key: ${stored.join(' ')}`);
     const ttl = await a.pttl(stored[0] as string);
     assert.ok(ttl > 60_000 && ttl <= 120_000, `a bucket lives two windows (ttl ${ttl} ms)`);
+  });
+
+  test('spellings of one user share its Redis counter across workers', async () => {
+    const [a, b] = [connect(redis.url), connect(redis.url)];
+    await Promise.all([ready(a), ready(b)]);
+    const [one, two] = [new AuthThrottle(a), new AuthThrottle(b)];
+    const perUser = { perClient: null, perUser: { maxFailures: 4, windowSeconds: 60 } };
+    const t0 = 3_000 * 60_000 + 1000;
+    await one.recordFailure(perUser, '192.0.2.11', 'ASMITH', t0);
+    await two.recordFailure(perUser, '192.0.2.12', 'asmith@corp.example', t0);
+    await one.recordFailure(perUser, '192.0.2.13', 'CORP\\asmith', t0);
+    assert.equal(await two.check(perUser, '192.0.2.14', 'asmith', t0), null, '3 of 4');
+    await two.recordFailure(perUser, '192.0.2.15', 'ＣＯＲＰ＼ＡＳｍｉｔｈ', t0);
+    for (const name of ['asmith', 'ASmith@Other.Example', 'corp\\ASMITH']) assert.equal(await one.check(perUser, '192.0.2.16', name, t0), 'user', name);
+    assert.equal(await one.check(perUser, '192.0.2.16', 'bsmith', t0), null, 'another user is not throttled');
   });
 
   test('Redis unreachable: each process counts for itself, at once', async () => {

@@ -18,7 +18,20 @@
 //   guessing gets at most about `maxFailures` directory checks per window and key;
 // - IPv4-mapped IPv6 addresses count as their IPv4 address; other IPv6 addresses count by
 //   their /64 (one host holds a whole /64 and rotates privacy addresses inside it);
-// - user names count case-folded and NFKC-normalised, as directories compare them.
+// - every spelling of one account name counts under one key (`canonicalUser`), see below.
+//
+// The per-user key. The check runs before any directory request (a throttled AUTH must cost
+// the directory nothing), so it cannot key on the user the directory would find: it keys on
+// the name as typed, normalised so that the spellings a directory resolves to one account
+// fall on one key. Otherwise `ASMITH`, `asmith@corp.example` and `CORP\asmith` would each get
+// the full per-user limit, and a guesser could multiply it by the number of spellings. The
+// name is NFKC-normalised first (so full-width `＼` and `＠` become `\` and `@` before they
+// are looked for), trimmed, lower-cased; then a down-level `DOMAIN\` prefix (everything up to
+// the last backslash) and an `@domain` suffix (everything from the first `@`) are dropped.
+// A name that would be left empty keeps its whole normalised form instead. The cost is on
+// the safe side: `asmith@corp.example` and `asmith@other.example` share one count, so in a
+// forest where two domains both hold an `asmith`, failures for one also throttle the other;
+// never does a spelling give a guesser more than the limit.
 import type { AuthFailureThrottle, ThrottleLimit } from '../config/schemas.ts';
 import type { Reply } from './rules.ts';
 import { clientKey } from './sender-groups.ts';
@@ -45,9 +58,11 @@ export function throttleKeys(throttle: AuthFailureThrottle, clientAddress: strin
   return out;
 }
 
-/** The user name as the per-user limit counts it. */
+/** The user name as the per-user limit counts it: one key for `ASMITH`, `asmith@corp.example`, `CORP\asmith`. */
 export function canonicalUser(username: string): string {
-  return username.normalize('NFKC').trim().toLowerCase();
+  const name = username.normalize('NFKC').trim().toLowerCase();
+  const account = name.slice(name.lastIndexOf('\\') + 1).split('@')[0]!.trim();
+  return account === '' ? name : account;
 }
 
 /** The bucket (window-long, epoch-aligned) that `nowMs` falls in, and how far into it. */
