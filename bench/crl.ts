@@ -54,7 +54,7 @@ import { peopleLdif } from '../test/helpers/people.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import { processRedis } from '../test/helpers/follow.ts';
 import type { Issued } from '../test/helpers/pki.ts';
-import { cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
 import type { LoadSpec } from './lib/load-generator.ts';
 import { LoadChild } from './lib/load-child.ts';
 import { checkpoint, isInterrupted, onInterrupt, own, runBench } from './lib/lifecycle.ts';
@@ -402,7 +402,7 @@ async function main(): Promise<void> {
   const port = await freePort();
   const workerPort = port + worker.offset;
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: false }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', {
     name: 'RELAYED', action: 'relay', tls: 'required', verifyClientCertificate: true, requireSmtpAuth: true, smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10,
   });

@@ -73,7 +73,7 @@ import { startSystem, type System } from '../test/helpers/system.ts';
 import { peopleLdif, type PersonSpec } from '../test/helpers/people.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import type { Issued } from '../test/helpers/pki.ts';
-import { CAC_TEXT, cardHolder, ldapProfile, listener } from '../test/fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapAuthProfile, ldapProfile, listener } from '../test/fixtures/deployments.ts';
 import type { LoadSpec } from './lib/load-generator.ts';
 import { LoadChild, forkChild, nextMessage, stopChild } from './lib/load-child.ts';
 import { checkpoint, onInterrupt, own, runBench } from './lib/lifecycle.ts';
@@ -472,10 +472,8 @@ async function main(): Promise<void> {
   const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
   await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
   await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
-    name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp-b', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
-  });
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp-a', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile({ ldapProfile: 'corp-b' }));
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ ldapProfile: 'corp-a', fallback: false }));
   const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };
   // The load comes from one address: per-client connection limits stay out of its way. RELAYED-B counts
   // failed AUTH per client and per user (the throttle's most expensive form), RELAYED-B-OPEN not at all.

@@ -14,6 +14,7 @@ import { createPki } from '../test/helpers/pki.ts';
 import { startSlapd, type Slapd } from '../test/helpers/slapd.ts';
 import { generalizedTime } from '../shared/directory/filter.ts';
 import { peopleLdif } from '../test/helpers/people.ts';
+import { cacAuthProfile, ldapAuthProfile, ldapProfile } from '../test/fixtures/deployments.ts';
 
 const run = promisify(execFile);
 
@@ -128,41 +129,9 @@ try {
   await waitForApi(60_000);
 
   // Deployment C of the README, with its names and values.
-  await upsert('ldap-profiles', {
-    name: 'corp',
-    hosts: [slapd.url],
-    connection: 'failover',
-    baseDn: slapd.baseDn,
-    bind: { dn: slapd.rootDn, password: slapd.rootPassword },
-    startTls: false,
-    caPem: null,
-    timeoutMs: 5000,
-    cacheTtlSeconds: 0,
-    maxConnections: 10,
-    certificateQuery: { name: 'cac', query: '(&(caccn={cn})(cacserial={sn}))', userIdAttribute: 'uid' },
-    smtpAuthQuery: {
-      name: 'smtpauth',
-      query: '(uid={u})',
-      method: 'bind',
-      passwordAttribute: 'userPassword',
-      allowQuery: '(&(uid={u})(|(!(caccn=*))(cacexempt=*)(cacemergency>={t})))',
-    },
-  });
-  await upsert('smtp-auth-profiles', {
-    name: 'ldap-auth',
-    type: 'ldap',
-    ldapProfile: 'corp',
-    checkWithLdap: true,
-    onNotAllowed: 'reject',
-    notAllowedResponse: { code: 525, text: 'Dear user, please use your CAC to send email.' },
-  });
-  await upsert('smtp-auth-profiles', {
-    name: 'cac-auth',
-    type: 'certificate',
-    ldapProfile: 'corp',
-    allowSmtpAuthWithoutCertificate: true,
-    fallbackProfile: 'ldap-auth',
-  });
+  await upsert('ldap-profiles', { ...ldapProfile({ slapd }, { certificate: true, smtpAuth: true }), timeoutMs: 5000, maxConnections: 10 });
+  await upsert('smtp-auth-profiles', ldapAuthProfile());
+  await upsert('smtp-auth-profiles', cacAuthProfile({ fallback: true }));
   await upsert('mail-flow-policies', {
     name: 'RELAYED',
     action: 'relay',

@@ -15,7 +15,7 @@ import { startSystem, TOKEN, type System } from './helpers/system.ts';
 import { swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { CAC_TEXT, cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapAuthProfile, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 let sys: System;
@@ -63,10 +63,8 @@ before(async () => {
   const server = await sys.pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: ['127.0.0.1'] });
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: true }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
-    name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
-  });
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: true, fallbackProfile: 'ldap-auth' });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile());
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: true }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', {
     name: 'RELAYED', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: true, smtpAuthRequiresTls: true, maxMessageBytes: 1_000_000, maxRecipients: 10,
   });

@@ -13,7 +13,7 @@ import { swaks } from './helpers/smtp-clients.ts';
 import { freePort, waitForPort } from './helpers/ports.ts';
 import { eventually } from './helpers/wait.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
 let sys: System;
 let crlDir: string;
@@ -68,7 +68,7 @@ before(async () => {
   const server = await sys.pki.server({ cn: 'gateway.example.com' });
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: false }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', relayed);
   // Client certificates chain to the root; the intermediate is in the bundle, so its holders are accepted too.
   await sys.api.ok('POST', '/v1/listeners', listener(sys, {

@@ -9,7 +9,7 @@ import { startSystem, type System } from './helpers/system.ts';
 import { opensslSession, smtplib, swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
 let sys: System;
 let port: number;
@@ -62,7 +62,7 @@ before(async () => {
   port = await freePort();
   implicitPort = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: false }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', relayed);
   await sys.api.ok('POST', '/v1/listeners', listener(sys, { port, authProfile: 'cac-auth', tls }));
   await sys.api.ok('POST', '/v1/listeners', listener(sys, { name: 'smtps', port: implicitPort, implicitTls: true, authProfile: 'cac-auth', tls }));

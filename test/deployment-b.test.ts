@@ -6,7 +6,7 @@ import { peopleLdif } from './helpers/people.ts';
 import { startSystem, type System } from './helpers/system.ts';
 import { smtpCommands, smtplib, swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
-import { CAC_TEXT, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { CAC_TEXT, ldapAuthProfile, ldapProfile, listener, people } from './fixtures/deployments.ts';
 
 let sys: System;
 let port: number;
@@ -27,9 +27,7 @@ before(async () => {
   Object.assign(serverCert, server);
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: false, smtpAuth: true }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', {
-    name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
-  });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile());
   await sys.api.ok('POST', '/v1/mail-flow-policies', relayed);
   await sys.api.ok('POST', '/v1/listeners', listener(sys, { port, authProfile: 'ldap-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: null } }));
   await sys.settled();
@@ -131,9 +129,7 @@ describe('deployment B: SMTP AUTH only', () => {
   });
 
   test('allow-and-log admits a card holder and records every command as allowed-not-permitted', async () => {
-    await sys.api.ok('PUT', '/v1/smtp-auth-profiles/ldap-auth', {
-      name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp', checkWithLdap: true, onNotAllowed: 'allow-and-log', notAllowedResponse: { code: 525, text: CAC_TEXT },
-    });
+    await sys.api.ok('PUT', '/v1/smtp-auth-profiles/ldap-auth', ldapAuthProfile({ onNotAllowed: 'allow-and-log' }));
     await sys.settled();
     const since = new Date(Date.now() - 1000).toISOString();
     const r = await send('bob', 'bob-pw');
@@ -145,9 +141,7 @@ describe('deployment B: SMTP AUTH only', () => {
     );
     const commands = new Set(items.map((e) => e.command));
     for (const c of ['AUTH', 'MAIL', 'RCPT', 'DATA']) assert.ok(commands.has(c), `no ${c} event in ${JSON.stringify(items)}`);
-    await sys.api.ok('PUT', '/v1/smtp-auth-profiles/ldap-auth', {
-      name: 'ldap-auth', type: 'ldap', ldapProfile: 'corp', checkWithLdap: true, onNotAllowed: 'reject', notAllowedResponse: { code: 525, text: CAC_TEXT },
-    });
+    await sys.api.ok('PUT', '/v1/smtp-auth-profiles/ldap-auth', ldapAuthProfile());
     await sys.settled();
   });
 

@@ -7,10 +7,10 @@ import { Directory, type LdapProfileConfig, type QueryInfo } from '../shared/dir
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
 import { listening } from './helpers/ports.ts';
+import { ALLOW_QUERY, ldapProfile } from './fixtures/deployments.ts';
 
 const execFileAsync = promisify(execFile);
 
-const ALLOW_QUERY = '(&(uid={u})(|(!(caccn=*))(cacexempt=*)(cacemergency>={t})))';
 const DAY = 24 * 3600 * 1000;
 const DEAD_HOST = 'ldap://127.0.0.1:1';
 
@@ -152,21 +152,7 @@ describe('Directory against a real slapd', () => {
   });
 
   function profile(overrides: Partial<LdapProfileConfig> = {}): LdapProfileConfig {
-    return {
-      name: 'corp',
-      hosts: [slapd.url],
-      connection: 'failover',
-      baseDn: slapd.baseDn,
-      bind: { dn: slapd.rootDn, password: slapd.rootPassword },
-      startTls: false,
-      caPem: null,
-      timeoutMs: 2000,
-      cacheTtlSeconds: 0,
-      maxConnections: 4,
-      certificateQuery: { name: 'cac', query: '(&(caccn={cn})(cacserial={sn}))', userIdAttribute: 'uid' },
-      smtpAuthQuery: { name: 'smtpauth', query: '(uid={u})', method: 'bind', passwordAttribute: 'userPassword', allowQuery: ALLOW_QUERY },
-      ...overrides,
-    };
+    return { ...ldapProfile({ slapd }, { certificate: true, smtpAuth: true }), ...overrides };
   }
 
   function directory(overrides: Partial<LdapProfileConfig> = {}, queries?: QueryInfo[]): Directory {

@@ -12,7 +12,7 @@ import { peopleLdif } from './helpers/people.ts';
 import { startSystem, type System } from './helpers/system.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cardHolder, ldapProfile, listener } from './fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapProfile, listener } from './fixtures/deployments.ts';
 
 const run = promisify(execFile);
 let sys: System;
@@ -48,7 +48,7 @@ before(async () => {
   const server = await sys.pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: ['127.0.0.1'] });
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: false }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', { name: 'RELAYED', action: 'relay', tls: 'required', verifyClientCertificate: true, requireSmtpAuth: true, smtpAuthRequiresTls: false });
   await sys.api.ok('POST', '/v1/listeners', listener(sys, {
     port, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: sys.pki.root.certPem },

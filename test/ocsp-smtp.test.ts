@@ -18,7 +18,7 @@ import { startFaultyResponder, type FaultyResponder } from './helpers/ocsp-respo
 import { freePort, waitForPort } from './helpers/ports.ts';
 import { startOcspResponder, type OcspResponder } from './helpers/ocsp-responder.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cacAuthProfile, cardHolder, ldapProfile, listener, people } from './fixtures/deployments.ts';
 import { DEFAULT_OCSP_SETTINGS, type OcspSettings } from '../shared/config/schemas.ts';
 
 let sys: System;
@@ -86,7 +86,7 @@ before(async () => {
   const server = await pki.server({ cn: 'gateway.example.com' });
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', { name: 'cac-auth', type: 'certificate', ldapProfile: 'corp', allowSmtpAuthWithoutCertificate: false, fallbackProfile: null });
+  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: false }));
   await sys.api.ok('POST', '/v1/mail-flow-policies', relayed);
   await sys.api.ok('POST', '/v1/listeners', listener(sys, {
     port, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: pki.root.certPem },
