@@ -119,18 +119,6 @@ export const OID = {
   ekuAny: '2.5.29.37.0',
 } as const;
 
-/**
- * Extensions a certificate verified outside a TLS handshake (signer.ts) may mark critical.
- * Policy extensions are accepted without policy processing (RFC 5280's any-policy user);
- * name constraints are not here: not enforced there, so a chain that carries them
- * critically is refused rather than half-checked.
- */
-const HANDLED_CRITICAL = new Set<string>([
-  OID.basicConstraints, OID.keyUsage, OID.extKeyUsage, OID.subjectAltName, OID.issuerAltName, OID.subjectKeyIdentifier,
-  OID.authorityKeyIdentifier, OID.certificatePolicies, OID.policyMappings, OID.policyConstraints, OID.inhibitAnyPolicy,
-  OID.cRLDistributionPoints, OID.authorityInfoAccess, OID.subjectInfoAccess,
-]);
-
 /** Key usage bits as an integer: bit 0 (value 1) = digitalSignature ... bit 8 = decipherOnly. */
 export const KU = { cRLSign: 1 << 6 } as const;
 
@@ -210,8 +198,6 @@ interface CertInfo {
   keyUsage: number | null;
   subjectKeyId: string | null;
   authorityKeyId: string | null;
-  /** Critical extensions outside HANDLED_CRITICAL. */
-  unhandledCritical: string[];
   subjectCanon: string;
   issuerCanon: string;
 }
@@ -237,7 +223,6 @@ export function certInfo(cert: X509Certificate): CertInfo {
     keyUsage: ku ? parseKeyUsage(ku.value) : null,
     subjectKeyId: ski ? parseKeyIdentifier(ski.value) : null,
     authorityKeyId: aki ? parseAuthorityKeyId(aki.value) : null,
-    unhandledCritical: [...ext].filter(([oid, e]) => e.critical && !HANDLED_CRITICAL.has(oid)).map(([oid]) => oid),
     subjectCanon,
     issuerCanon,
   };
