@@ -1,5 +1,5 @@
 // The schemas the HTTP API registers with `app.addSchema` (and so the OpenAPI components):
-// the configuration model of shared/schemas.ts plus the API's own envelopes.
+// the configuration model of shared/config/schemas.ts plus the API's own envelopes.
 //
 // The TypeBox schemas nest each other inline (Config contains LdapProfile, ...). For the
 // API every nested schema that has an `$id` is replaced by a `$ref` to it, so that the

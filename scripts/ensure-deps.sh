@@ -38,7 +38,7 @@ RUN_PACKAGES=(
 )
 TEST_PACKAGES=(
   chromium             # Swagger UI test
-  postfix              # a real relaying client and benchmark reference (test/helpers/postfix.ts; brings smtp-sink)
+  postfix              # a real relaying client and benchmark reference (test/helpers/postfix.ts)
   iproute2             # `ip link set lo up` in the network namespace of the test OCSP responder
   util-linux           # unshare and nsenter for it (test/helpers/ocsp-responder.ts)
   prometheus           # promtool: checks deploy/prometheus/alerts.yml (test/monitoring.test.ts)

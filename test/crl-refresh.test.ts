@@ -1,5 +1,5 @@
-// CRL refresh pipeline (shared/crl-refresh.ts, shared/crl-download.ts) and the workers'
-// revocation index (shared/crl-store.ts), against a real Redis, CRLs made by openssl and
+// CRL refresh pipeline (shared/pki/crl/refresh.ts, shared/pki/crl/download.ts) and the workers'
+// revocation index (shared/pki/crl/store.ts), against a real Redis, CRLs made by openssl and
 // served over HTTP or from files (SPEC §2.6).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';

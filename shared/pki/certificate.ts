@@ -1,8 +1,10 @@
-// The parts of an X.509 certificate that Node's X509Certificate does not give: the raw names,
-// key identifiers, the UPN otherName and the first rfc822Name of subjectAltName (Node's
-// `subjectAltName` string quotes values with JSON rules, which would need a parser of its own
-// for the same answer), and the facts that query tokens and events use. Chains are verified by
-// OpenSSL in the TLS handshake (shared/pki/verify.ts maps its verdict), not here.
+// The parts of an X.509 certificate that Node's X509Certificate does not give as values: the
+// raw names, key identifiers, the UPN otherName and the first rfc822Name of subjectAltName
+// (Node 20's `subjectAltName` string shows both, `othername:UPN:jdoe@mil, email:...`, but
+// quotes values holding a comma or quote with JSON escapes, so reading them back would need a
+// parser of that format; the DER gives the same answer directly), and the facts that query
+// tokens and events use. Chains are verified by OpenSSL in the TLS handshake
+// (shared/pki/verify.ts maps its verdict), not here.
 import { X509Certificate, createHash } from 'node:crypto';
 import { DerError, TAG, children, decodeOid, decodeTime, expectTlv, hex2, readTlv, type Tlv } from './der.ts';
 import { OID_CN, OID_EMAIL_ADDRESS, canonicalName, decodeDirectoryString, formatName, nameValues } from './names.ts';

@@ -26,7 +26,7 @@ import type { ListenerRuntime } from './runtime.ts';
 import type { NextHopTarget, RelayResult } from '../relay/next-hop.ts';
 import { receivedHeader } from './received.ts';
 
-/** The directory operations a session needs (shared/directory.ts implements them). */
+/** The directory operations a session needs (shared/directory/client.ts implements them). */
 export interface DirectoryPort {
   /** `detail`: the directory's own reason, for the events (SPEC §2.1, §2.7). */
   authenticate(username: string, password: string): Promise<{ outcome: CredentialCheck; userId: string | null; detail?: string }>;
