@@ -15,7 +15,7 @@ import { startSystem, TOKEN, type System } from './helpers/system.ts';
 import { swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cacAuthProfile, cardHolder, ldapAuthProfile, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cardHolder, configureDeploymentC, people } from './fixtures/deployments.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 let sys: System;
@@ -60,17 +60,11 @@ before(async () => {
   certs.jdoe = await sys.pki.client({ cn: 'LAST.FIRST.1234567890' });
   certs.unlisted = await sys.pki.client({ cn: 'NOT.LISTED.8888888888' });
   await sys.slapd.add(peopleLdif([...people(), cardHolder('jdoe', certs.jdoe)]));
-  const server = await sys.pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: ['127.0.0.1'] });
   port = await freePort();
-  await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: true }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile());
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: true }));
-  await sys.api.ok('POST', '/v1/mail-flow-policies', {
-    name: 'RELAYED', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: true, smtpAuthRequiresTls: true, maxMessageBytes: 1_000_000, maxRecipients: 10,
+  await configureDeploymentC(sys, {
+    port,
+    policy: { name: 'RELAYED', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: true, smtpAuthRequiresTls: true, maxMessageBytes: 1_000_000, maxRecipients: 10 },
   });
-  await sys.api.ok('POST', '/v1/listeners', listener(sys, {
-    port, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: sys.pki.root.certPem },
-  }));
   await crlFile([], 1);
   await sys.api.ok('POST', '/v1/crl-sources', { name: 'root-crl', fileType: 'asn1', primaryUrl: `file://${dir}/root.crl`, secondaryUrl: null, schedule: { everySeconds: 3600 }, enabled: true });
   await sys.api.ok('POST', '/v1/crl-sources/root-crl/refresh');

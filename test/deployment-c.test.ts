@@ -7,7 +7,7 @@ import { startSystem, type System } from './helpers/system.ts';
 import { smtpCommands, swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { CAC_TEXT, cacAuthProfile, cardHolder, ldapAuthProfile, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { CAC_TEXT, cardHolder, configureDeploymentC, people } from './fixtures/deployments.ts';
 
 let sys: System;
 let port: number;
@@ -33,15 +33,8 @@ before(async () => {
   certs.expired = await sys.pki.client({ cn: 'ALICE.OLD.1212121212', notBefore: new Date(Date.now() - 30 * day), notAfter: new Date(Date.now() - day) });
   certs.unlisted = await sys.pki.client({ cn: 'NOT.LISTED.8888888888' });
   await sys.slapd.add(peopleLdif([...people(), cardHolder('jdoe', certs.jdoe)]));
-  const server = await sys.pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: ['127.0.0.1'] });
   port = await freePort();
-  await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: true }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile());
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: true }));
-  await sys.api.ok('POST', '/v1/mail-flow-policies', relayed);
-  await sys.api.ok('POST', '/v1/listeners', listener(sys, {
-    port, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: sys.pki.root.certPem },
-  }));
+  await configureDeploymentC(sys, { port, policy: relayed });
   await sys.settled();
 });
 

@@ -11,7 +11,7 @@ import { startSystem, type System, type Worker } from './helpers/system.ts';
 import { swaks } from './helpers/smtp-clients.ts';
 import { freePort } from './helpers/ports.ts';
 import type { Issued } from './helpers/pki.ts';
-import { cacAuthProfile, cardHolder, ldapAuthProfile, ldapProfile, listener, people } from './fixtures/deployments.ts';
+import { cardHolder, configureDeploymentC, people } from './fixtures/deployments.ts';
 import { sessionLogLine } from '../worker/session-log.ts';
 import type { NewSessionEvent } from '../shared/config/schemas.ts';
 
@@ -62,15 +62,8 @@ before(async () => {
   certs.unlisted = await sys.pki.client({ cn: 'NOT.LISTED.8888888888' });
   certs.foreign = await sys.pki.client({ cn: 'FOREIGN.CARD.7777777777', issuer: 'foreign' });
   await sys.slapd.add(peopleLdif([...people(), cardHolder('jdoe', certs.jdoe)]));
-  const server = await sys.pki.server({ cn: 'gateway.example.com', dns: ['localhost'], ip: ['127.0.0.1'] });
   port = await freePort();
-  await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: true }));
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile());
-  await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ fallback: true }));
-  await sys.api.ok('POST', '/v1/mail-flow-policies', { name: 'RELAYED', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: true, smtpAuthRequiresTls: true });
-  await sys.api.ok('POST', '/v1/listeners', listener(sys, {
-    port, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: sys.pki.root.certPem },
-  }));
+  await configureDeploymentC(sys, { port, policy: { name: 'RELAYED', action: 'relay', tls: 'preferred', verifyClientCertificate: false, requireSmtpAuth: true, smtpAuthRequiresTls: true } });
   await sys.settled();
 });
 
