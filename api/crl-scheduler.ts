@@ -11,7 +11,7 @@
  *   or its URLs or file type change — and, at start, when it has no CRL in
  *   force from one of its current URLs. The job id carries the configuration
  *   version, so several API processes reacting to the same change add it once.
- * - Jobs run `refreshSource` (crl-refresh.ts); its Redis lock keeps two
+ * - Jobs run `refreshSource` (shared/pki/crl/refresh.ts); its Redis lock keeps two
  *   processes from downloading one source at once. A download that fails is
  *   recorded in the source's status, not as a failed job.
  *
@@ -74,7 +74,7 @@ const KEEP_JOBS = { removeOnComplete: { age: 3600, count: 1000 }, removeOnFail: 
 
 export const schedulerId = (source: string): string => SCHEDULER_PREFIX + source;
 
-/** The BullMQ repeat options of a source's schedule. Cron runs in UTC, as config-validate.ts checks it. */
+/** The BullMQ repeat options of a source's schedule. Cron runs in UTC, as shared/config/validate.ts checks it. */
 function repeatOptions(source: CrlSource): { every: number; startDate: number } | { pattern: string; tz: string } {
   if ('everySeconds' in source.schedule) {
     const every = source.schedule.everySeconds * 1000;

@@ -10,7 +10,6 @@ import cluster from 'node:cluster';
 import os from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
 import { DEFAULT_POLL_MS } from '../shared/config/follower.ts';
-import { checkRedis, redisConnector, redisSettings, RedisSettingsError } from '../shared/redis/connection.ts';
 import { processKit } from '../shared/process/kit.ts';
 import { reportToPrimary, Supervisor } from './cluster.ts';
 import { parseProcesses } from './cpus.ts';
@@ -89,17 +88,9 @@ async function serveInCluster(): Promise<void> {
 
 /** The cluster primary: supervises the serving processes, shows the worker outside. */
 async function supervise(n: number): Promise<void> {
-  let settings;
-  try {
-    settings = redisSettings(process.env);
-  } catch (err) {
-    if (err instanceof RedisSettingsError) fatal(err.message);
-    throw err;
-  }
   // Checked once here, so that bad settings end the worker instead of n processes restarting forever.
-  const reason = await checkRedis(settings);
-  if (reason) fatal(reason);
-  const redis = redisConnector(settings, logger).connect('worker-primary');
+  const connector = await kit.redisConnector();
+  const redis = connector.connect('worker-primary');
   const aggregator = new AggregatorRegistry();
   let front: Front | null = null;
   const supervisor = new Supervisor({ processes: n, env: { WORKER_ID: workerId }, logger, onChange: () => front?.publishSoon() });
@@ -123,5 +114,5 @@ async function supervise(n: number): Promise<void> {
   }
   supervisor.start();
   front.start();
-  logger.info({ workerId, portOffset, metricsPort, processes: n, redis: settings.shown }, 'worker started');
+  logger.info({ workerId, portOffset, metricsPort, processes: n, redis: connector.settings.shown }, 'worker started');
 }

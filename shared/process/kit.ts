@@ -34,6 +34,8 @@ export interface ProcessKit {
    * with the reason when the settings cannot work.
    */
   connectRedis(mode: FollowMode, pollMs?: number | null): Promise<ProcessRedis>;
+  /** The checked Redis settings alone, as a connector (for a process that follows nothing, like the cluster primary). */
+  redisConnector(): Promise<RedisConnector>;
   /** CRL_FILE_ROOT: the only directory `file:` CRL URLs may read; null when unset (then they are refused). */
   crlFileRoot(): string | null;
   /**
@@ -91,7 +93,7 @@ export function processKit(name: string): ProcessKit {
       if (!isDir) fatal(`CRL_FILE_ROOT "${raw}" is not a directory`);
       return raw;
     },
-    async connectRedis(mode, pollMs) {
+    async redisConnector() {
       let settings;
       try {
         settings = redisSettings(process.env);
@@ -101,8 +103,12 @@ export function processKit(name: string): ProcessKit {
       }
       const reason = await checkRedis(settings);
       if (reason) fatal(reason);
+      return redisConnector(settings, logger);
+    },
+    async connectRedis(mode, pollMs) {
+      const connector = await kit.redisConnector();
       const poll = pollMs !== undefined ? pollMs : kit.intEnv('CONFIG_POLL_SECONDS', DEFAULT_POLL_MS / 1000, 0, 3600) * 1000 || null;
-      return openProcessRedis(redisConnector(settings, logger), { name, mode, pollMs: poll, logger });
+      return openProcessRedis(connector, { name, mode, pollMs: poll, logger });
     },
     onShutdown(stop, timeoutMs = 35_000) {
       let stopping = false;
