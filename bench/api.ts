@@ -4,16 +4,21 @@
 // scenario runs CONCURRENCY keep-alive clients for DURATION_MS (after a warm-up) and
 // prints requests/s, p50 and p99. The reference is a route returning a constant on the
 // same server, behind the same auth hook: the target is reads at >= 50 % of it.
+// Last, how long a write takes to reach a worker's configuration follower (SPEC §2: under
+// one second): PROPAGATION_WRITES writes one after another, each timed from the request to
+// the follower installing its version.
 import http from 'node:http';
 import { Redis } from 'ioredis';
 import { buildApp } from '../api/app.ts';
 import { startRedis } from '../test/helpers/redis.ts';
+import { processRedis } from '../test/helpers/follow.ts';
 import { exitWithUsageIfAsked } from './lib/usage.ts';
 
 exitWithUsageIfAsked(import.meta.url);
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 5000);
 const WARMUP_MS = 1000;
 const CONCURRENCY = 32;
+const PROPAGATION_WRITES = 50;
 const TOKEN = 'bench-token-0123456789abcdef';
 
 interface Scenario {
@@ -126,6 +131,28 @@ process.stdout.write(
   `\nreads: ${(ratio * 100).toFixed(0)} % of the reference (target >= 50 %: ${ratio >= 0.5 ? 'met' : 'NOT met'}); ` +
     `writes: ${((write.rps / reference.rps) * 100).toFixed(0)} % of the reference\n`,
 );
+
+// A follower as a worker runs it (mode runner, the default safety-net poll, which a notice beats).
+const worker = await processRedis(redisServer.url, { mode: 'runner', name: 'bench-worker' });
+const waits: number[] = [];
+for (let i = 0; i < PROPAGATION_WRITES; i++) {
+  const t0 = performance.now();
+  const res = await app.inject({ method: 'PUT', url: '/v1/listeners/submission', payload: listener, headers: { authorization: `Bearer ${TOKEN}` } });
+  const version = Number(JSON.parse(res.headers.etag as string));
+  const applied = new Promise<void>((resolve) => {
+    const check = () => ((worker.follower.current()?.version ?? 0) >= version ? resolve() : setTimeout(check, 1));
+    check();
+  });
+  await applied;
+  waits.push(performance.now() - t0);
+}
+waits.sort((a, b) => a - b);
+const worst = waits.at(-1)!;
+process.stdout.write(
+  `write → worker follower: p50 ${waits[Math.floor(waits.length / 2)]!.toFixed(1)} ms, max ${worst.toFixed(1)} ms over ${PROPAGATION_WRITES} writes ` +
+    `(target < 1000 ms: ${worst < 1000 ? 'met' : 'NOT met'})\n`,
+);
+await worker.close();
 
 agent.destroy();
 await app.close();

@@ -7,6 +7,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import tls from 'node:tls';
 import { peopleLdif } from './helpers/people.ts';
 import { startSystem, type System } from './helpers/system.ts';
 import { python, smtpCommands, swaks } from './helpers/smtp-clients.ts';
@@ -235,13 +236,13 @@ describe('limits of listeners (§2.5)', () => {
       await c.waitForReplies(1);
       return c;
     }));
+    // TLS wraps the socket at once: the worker may close it before anything else runs.
     const raw = net.connect({ port: ports.implicit, host: '127.0.0.1', localAddress: '127.0.0.56' });
+    const t = tls.connect({ socket: raw, rejectUnauthorized: false });
     const tlsFailed = new Promise<string>((resolve) => {
-      import('node:tls').then((tls) => {
-        const t = tls.connect({ socket: raw, rejectUnauthorized: false });
-        t.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
-        t.on('secureConnect', () => resolve('handshake completed'));
-      });
+      t.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+      t.on('secureConnect', () => resolve('handshake completed'));
+      t.on('close', () => resolve('closed'));
     });
     const outcome = await tlsFailed;
     assert.notEqual(outcome, 'handshake completed');

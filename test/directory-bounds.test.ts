@@ -6,7 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { Directory, type LdapProfileConfig } from '../shared/directory/client.ts';
+import { Directory } from '../shared/directory/client.ts';
+import type { LdapProfile } from '../shared/config/schemas.ts';
 import { startFakeLdap, type FakeLdap, type FakeLdapMode } from './helpers/fake-ldap.ts';
 import { startSystem, type System } from './helpers/system.ts';
 import { freePort } from './helpers/ports.ts';
@@ -22,13 +23,13 @@ const FAULTS: Array<{ mode: FakeLdapMode; detail: RegExp }> = [
   { mode: 'silent', detail: /no answer within timeoutMs \(1500 ms/ },
 ];
 
-function profile(fake: FakeLdap, overrides: Partial<LdapProfileConfig> = {}): LdapProfileConfig {
+function profile(fake: FakeLdap, overrides: Partial<LdapProfile> = {}): LdapProfile {
   return {
     name: 'hostile', hosts: [fake.url], connection: 'failover', baseDn: 'dc=example,dc=com',
     bind: { dn: 'cn=svc,dc=example,dc=com', password: 'svc' }, startTls: false, caPem: null,
     timeoutMs: TIMEOUT_MS, cacheTtlSeconds: 0, maxConnections: 2,
     certificateQuery: { name: 'c', query: '(caccn={cn})', userIdAttribute: 'uid' },
-    smtpAuthQuery: { name: 's', query: '(uid={u})', method: 'bind', passwordAttribute: 'userPassword', allowQuery: '(uid={u})' },
+    smtpAuthQuery: { name: 's', query: '(uid={u})', method: 'bind', passwordAttribute: 'userPassword', allowQuery: '(uid={u})', userIdAttribute: 'uid' },
     ...overrides,
   };
 }

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
-import { Directory, type LdapProfileConfig, type QueryInfo } from '../shared/directory/client.ts';
+import { Directory, type QueryInfo } from '../shared/directory/client.ts';
+import type { LdapProfile } from '../shared/config/schemas.ts';
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
 import { listening } from './helpers/ports.ts';
@@ -151,11 +152,11 @@ describe('Directory against a real slapd', () => {
     await slapd.stop();
   });
 
-  function profile(overrides: Partial<LdapProfileConfig> = {}): LdapProfileConfig {
+  function profile(overrides: Partial<LdapProfile> = {}): LdapProfile {
     return { ...ldapProfile({ slapd }, { certificate: true, smtpAuth: true }), ...overrides };
   }
 
-  function directory(overrides: Partial<LdapProfileConfig> = {}, queries?: QueryInfo[]): Directory {
+  function directory(overrides: Partial<LdapProfile> = {}, queries?: QueryInfo[]): Directory {
     const d = new Directory(profile(overrides), queries ? { onQuery: (q) => queries.push(q) } : {});
     directories.push(d);
     return d;
@@ -167,8 +168,8 @@ describe('Directory against a real slapd', () => {
     return p;
   }
 
-  function withQuery(query: string, method: 'bind' | 'password-attribute' = 'bind'): Partial<LdapProfileConfig> {
-    return { smtpAuthQuery: { name: 'smtpauth', query, method, passwordAttribute: 'userPassword', allowQuery: ALLOW_QUERY } };
+  function withQuery(query: string, method: 'bind' | 'password-attribute' = 'bind'): Partial<LdapProfile> {
+    return { smtpAuthQuery: { name: 'smtpauth', query, method, passwordAttribute: 'userPassword', allowQuery: ALLOW_QUERY, userIdAttribute: 'uid' } };
   }
 
   describe('SMTP AUTH, method bind', () => {
@@ -265,7 +266,7 @@ describe('Directory against a real slapd', () => {
       const p = await proxy();
       // (userPassword=*) matches only for an identity allowed to search userPassword: the rootdn
       // (the profile's bind), or the entry itself. Bound as bob, alice's entry would not match.
-      const rootOnly = { name: 'smtpauth', query: '(uid={u})', method: 'bind' as const, passwordAttribute: 'userPassword', allowQuery: '(&(uid={u})(userPassword=*))' };
+      const rootOnly = { name: 'smtpauth', query: '(uid={u})', method: 'bind' as const, passwordAttribute: 'userPassword', allowQuery: '(&(uid={u})(userPassword=*))', userIdAttribute: 'uid' };
       const d = directory({ hosts: [p.url], maxConnections: 1, smtpAuthQuery: rootOnly });
       for (let i = 0; i < 3; i++) {
         assert.equal((await d.authenticate('bob', 'bob-pw')).outcome, 'authenticated');
@@ -362,7 +363,7 @@ describe('Directory against a real slapd', () => {
 
     test('a profile without allowQuery allows nobody', async () => {
       const d = directory(withQuery('(uid={u})'));
-      const noAllow = directory({ smtpAuthQuery: { name: 's', query: '(uid={u})', method: 'bind', passwordAttribute: 'userPassword', allowQuery: null } });
+      const noAllow = directory({ smtpAuthQuery: { name: 's', query: '(uid={u})', method: 'bind', passwordAttribute: 'userPassword', allowQuery: null, userIdAttribute: 'uid' } });
       assert.equal((await d.checkAllowed('alice', now)).outcome, 'allowed');
       const r = await noAllow.checkAllowed('alice', now);
       assert.equal(r.outcome, 'not-allowed');
@@ -681,7 +682,7 @@ describe('Directory against a real slapd', () => {
   });
 
   test('a structurally unusable profile answers directory-unavailable, never throws', async () => {
-    const cases: Array<[Partial<LdapProfileConfig>, RegExp]> = [
+    const cases: Array<[Partial<LdapProfile>, RegExp]> = [
       [{ hosts: [] }, /no hosts/],
       [{ hosts: ['http://127.0.0.1'] }, /not an ldap/],
       [{ hosts: ['not a url'] }, /invalid host URL/],

@@ -54,6 +54,7 @@ import {
 } from 'ldapts';
 import { ANSWER_LIMITS, AnswerMeter } from './answer-meter.ts';
 import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode } from './filter.ts';
+import type { LdapProfile } from '../config/schemas.ts';
 import type { TokenValues } from './tokens.ts';
 import { verifyStoredPassword } from './password-hash.ts';
 import { userIdText } from './user-id.ts';
@@ -63,30 +64,6 @@ import { hasControlChars } from '../util/text.ts';
 // Public types
 
 /** An LDAP server profile, as SPEC 2.1 defines it (same names as the API schema). */
-export interface LdapProfileConfig {
-  name: string;
-  hosts: string[];
-  connection: 'failover' | 'load-balance';
-  /** May be empty: a Global Catalog search over the whole forest (AD, ports 3268/3269). */
-  baseDn: string;
-  bind: { dn: string; password?: string | null } | null;
-  startTls: boolean;
-  caPem: string | null;
-  timeoutMs: number;
-  cacheTtlSeconds: number;
-  maxConnections: number;
-  certificateQuery: { name: string; query: string; userIdAttribute: string } | null;
-  smtpAuthQuery: {
-    name: string;
-    query: string;
-    method: 'bind' | 'password-attribute';
-    passwordAttribute: string;
-    allowQuery: string | null;
-    /** The authenticated user is this attribute of the entry found (default `uid`; AD: `sAMAccountName`). */
-    userIdAttribute?: string;
-  } | null;
-}
-
 export interface QueryInfo {
   kind: 'search' | 'bind';
   durationMs: number;
@@ -315,10 +292,10 @@ const MAX_IDLE_MS = 5 * 60_000;
 /** Opens connections to the profile's hosts: host order, TLS, the first bind. */
 class Connector {
   private roundRobin = 0;
-  private readonly profile: LdapProfileConfig;
+  private readonly profile: LdapProfile;
 
   constructor(
-    profile: LdapProfileConfig,
+    profile: LdapProfile,
     private readonly opened: Set<Connection>,
   ) {
     this.profile = profile;
@@ -597,7 +574,7 @@ interface SearchSpec {
 }
 
 export class Directory {
-  private readonly profile: LdapProfileConfig;
+  private readonly profile: LdapProfile;
   private readonly onQuery: ((info: QueryInfo) => void) | undefined;
   private readonly onUnavailable: ((info: UnavailableInfo) => void) | undefined;
   /** Every connection open or being opened, destroyed by close(). */
@@ -613,7 +590,7 @@ export class Directory {
    * `directory-unavailable` (and the reason in `detail`), so that one bad
    * profile cannot take down a worker that builds adapters for all of them.
    */
-  constructor(profile: LdapProfileConfig, opts: DirectoryOptions = {}) {
+  constructor(profile: LdapProfile, opts: DirectoryOptions = {}) {
     this.configError = profileError(profile);
     this.profile = profile;
     this.onQuery = opts.onQuery;
@@ -941,7 +918,7 @@ function missingValueDetail(username: string): string {
   return username === '' ? 'empty user name' : 'the query uses a token without a value';
 }
 
-function profileError(p: LdapProfileConfig): string | null {
+function profileError(p: LdapProfile): string | null {
   const bad = (why: string): string => `LDAP profile ${p.name}: ${why}`;
   if (!Array.isArray(p.hosts) || p.hosts.length === 0) return bad('no hosts');
   for (const url of p.hosts) {

@@ -1,16 +1,28 @@
 import net from 'node:net';
 
-/** A free TCP port on 127.0.0.1, found by letting the kernel pick one and releasing it. */
+/** Workers started by test/helpers/system.ts add multiples of this to every listener port. */
+export const WORKER_PORT_STEP = 1000;
+
+/**
+ * A free TCP port on 127.0.0.1 whose worker siblings (port + 1000, + 2000, + 3000) are free too,
+ * picked below the kernel's ephemeral range (32768 and up) so that no outgoing connection of a
+ * test can be given it between this check and the test's bind.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * (32_768 - 10_000 - 3 * WORKER_PORT_STEP));
+    const siblings = [0, 1, 2, 3].map((i) => port + i * WORKER_PORT_STEP);
+    if ((await Promise.all(siblings.map(bindable))).every(Boolean)) return port;
+  }
+  throw new Error('no free loopback port found in 200 attempts');
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') return reject(new Error('no port'));
-      srv.close(() => resolve(addr.port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
 

@@ -7,7 +7,7 @@ import { startRedis, type TestRedis } from './redis.ts';
 import { startSlapd, type Slapd } from './slapd.ts';
 import { createPki, type Pki } from './pki.ts';
 import { startSink, type Sink } from './smtp-sink.ts';
-import { freePort, waitForPort } from './ports.ts';
+import { WORKER_PORT_STEP, freePort, waitForPort } from './ports.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const TOKEN = 'test-admin-token-0123456789';
@@ -146,7 +146,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     redis, slapd, pki, sink, api, apiProc, workers,
     async startWorker(env = {}) {
       const offset = nextOffset;
-      nextOffset += 1000;
+      nextOffset += WORKER_PORT_STEP;
       const metricsPort = await freePort();
       const proc = spawnNode('worker/main.ts', {
         ...redisEnv, WORKER_ID: `test-worker-${offset}`, WORKER_PORT_OFFSET: String(offset), METRICS_PORT: String(metricsPort),
@@ -163,7 +163,8 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       await sys.settled(20_000);
       return w;
     },
-    async settled(timeoutMs = 5_000) {
+    // Generous: on a busy machine a worker may take seconds to see a write; waiting costs nothing when it is quick.
+    async settled(timeoutMs = 30_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const { version } = await api.ok<{ version: number }>('GET', '/v1/config');
