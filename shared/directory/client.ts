@@ -63,7 +63,6 @@ import { hasControlChars } from '../util/text.ts';
 // ---------------------------------------------------------------------------
 // Public types
 
-/** An LDAP server profile, as SPEC 2.1 defines it (same names as the API schema). */
 export interface QueryInfo {
   kind: 'search' | 'bind';
   durationMs: number;
@@ -612,7 +611,7 @@ export class Directory {
     // User names with control characters never name an entry. NUL in particular must not reach
     // the server even escaped: OpenLDAP's IA5 matching (e.g. `mail`) stops at NUL, so `alice\0` would match `alice`.
     if (hasControlChars(username)) return { outcome: 'unknown-user', ...none, filter: null, detail: 'control characters in the user name' };
-    const idAttribute = q.userIdAttribute || 'uid';
+    const idAttribute = q.userIdAttribute;
     const byPassword = q.method === 'password-attribute';
     try {
       return await this.run(async (op): Promise<AuthResult> => {
@@ -670,7 +669,7 @@ export class Directory {
     if (Object.values(values).some((v) => v?.includes('\0'))) {
       return { outcome: 'none', ...none, filter: null, detail: 'NUL in a certificate field' };
     }
-    const idAttribute = q.userIdAttribute || 'uid';
+    const idAttribute = q.userIdAttribute;
     try {
       const entries = await this.run((op) => this.search(op, { filter, attributes: [idAttribute], sizeLimit: 2, cache: true }));
       if (entries.length === 0) return { outcome: 'none', ...none, filter };

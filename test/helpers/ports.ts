@@ -18,12 +18,12 @@ export async function freePort(): Promise<number> {
 }
 
 function bindable(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
+  const srv = net.createServer();
+  srv.unref();
+  return listening(srv, () => srv.listen(port, '127.0.0.1')).then(
+    () => new Promise<boolean>((resolve) => srv.close(() => resolve(true))),
+    () => false,
+  );
 }
 
 /** Resolves once something accepts TCP connections on 127.0.0.1:port, or rejects after timeoutMs. */
