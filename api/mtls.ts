@@ -15,7 +15,7 @@ import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { checkRevocation, type RevocationRefusal, type RevocationSettings, type RevocationSources } from '../shared/pki/revocation.ts';
 import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/pem.ts';
-import { verifiedChain } from '../shared/pki/verify.ts';
+import { SERVER_SECURE_OPTIONS, verifiedChain } from '../shared/pki/verify.ts';
 
 export interface ApiHttpsOptions {
   key: string;
@@ -24,6 +24,7 @@ export interface ApiHttpsOptions {
   requestCert: true;
   rejectUnauthorized: true;
   minVersion: 'TLSv1.2';
+  secureOptions: number;
 }
 
 const TLS_ENV = ['API_TLS_CERT', 'API_TLS_KEY', 'API_CLIENT_CA'] as const;
@@ -45,7 +46,8 @@ export function httpsOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): ApiHt
   check('API_TLS_KEY', () => parsePrivateKeyPem(key));
   check('API_CLIENT_CA', () => parsePemCertificates(ca));
   if (!keyMatchesCertificate(key, cert)) throw new Error('API_TLS_KEY is not the private key of the API_TLS_CERT certificate');
-  return { key, cert, ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' };
+  // Every request's connection proves its certificate's key: no resumption (SERVER_SECURE_OPTIONS).
+  return { key, cert, ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2', secureOptions: SERVER_SECURE_OPTIONS };
 }
 
 function readPem(name: string, path: string): string {

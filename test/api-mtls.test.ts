@@ -5,6 +5,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
+import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -130,6 +131,25 @@ describe('revocation hook', () => {
   test('a valid client certificate passes; none at all fails the handshake', async () => {
     assert.deepEqual(await get(alice), { status: 200, body: { ok: true } });
     await assert.rejects(get(null));
+  });
+
+  test('no TLS session resumption: a saved session offered again without the certificate fails the handshake', async () => {
+    const connect = (o: tls.ConnectionOptions) => new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect({ host: '127.0.0.1', port, ca: pki.root.certPem, ...o }, () => resolve(s));
+      s.on('error', reject);
+    });
+    const first = await connect({ cert: alice.chainPem, key: alice.keyPem });
+    // TLS 1.3 tickets come after the handshake; the client saves the session from them.
+    const session = await new Promise<Buffer>((resolve) => first.once('session', resolve));
+    first.end();
+    const withCert = await connect({ cert: alice.chainPem, key: alice.keyPem, session });
+    assert.equal(withCert.isSessionReused(), false, 'a full handshake, the certificate proved again');
+    withCert.end();
+    await assert.rejects(async () => {
+      const bare = await connect({ session });
+      // A TLS 1.3 client learns of the refused certificate after its own handshake ends.
+      await new Promise((resolve, reject) => { bare.on('data', resolve); bare.on('error', reject); bare.on('end', () => reject(new Error('closed'))); });
+    });
   });
 
   test('a revoked certificate gets 403 once its CRL is loaded and webInterface is on', async () => {

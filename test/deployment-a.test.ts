@@ -97,6 +97,22 @@ describe('deployment A: certificate only', () => {
     assertRefused(await viaSwaks(null, { implicit: true }), 'implicit, no certificate');
   });
 
+  test('no TLS session resumption: a saved session offered again (openssl s_client -sess_in, without the card) gets a full handshake and is refused', async () => {
+    const saved = path.join(sys.pki.dir, 'jdoe-session.pem');
+    const jdoe = certs.jdoe!;
+    const first = await opensslSession({ port: implicitPort, implicitTls: true, cert: jdoe.certPath, key: jdoe.keyPath, sessionOut: saved, lines: ['EHLO client.example', 'QUIT'] });
+    assert.match(first, /^New, TLSv1\.3/m, first);
+    assert.match(first, /^250[ -]AUTH EXTERNAL/m, first);
+    // Resuming would carry the card's identity without its key: every session must prove it again.
+    const again = await opensslSession({ port: implicitPort, implicitTls: true, sessionIn: saved, lines: ['EHLO client.example', 'QUIT'] });
+    assert.match(again, /^New, TLSv1\.3/m, again);
+    assert.doesNotMatch(again, /^Reused,/m, again);
+    assert.match(again, /^554 5\.7\.1 /m, again);
+    const withCard = await opensslSession({ port: implicitPort, implicitTls: true, cert: jdoe.certPath, key: jdoe.keyPath, sessionIn: saved, lines: ['EHLO client.example', 'QUIT'] });
+    assert.match(withCard, /^New, TLSv1\.3/m, withCard);
+    assert.match(withCard, /^250[ -]AUTH EXTERNAL/m, withCard);
+  });
+
   for (const [name, reason] of [
     ['none', 'no-certificate'], ['expired', 'expired'], ['foreign', 'untrusted-issuer'], ['serverOnly', 'bad-key-usage'],
     ['unlisted', 'not-in-directory'], ['injection', 'not-in-directory'], ['twin', 'ambiguous-directory-match'],

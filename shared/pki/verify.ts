@@ -5,7 +5,22 @@
 // events, and adds only what OpenSSL cannot know: revocation (from the CRL index) and the
 // directory. This module holds the mapping, and the walk from a verified leaf up to its anchor
 // that the revocation check needs (each certificate with its issuer).
-import type { X509Certificate } from 'node:crypto';
+import { constants, type X509Certificate } from 'node:crypto';
+
+/**
+ * OpenSSL options of every TLS server that verifies client certificates (SMTP listeners, the
+ * API with mutual TLS). No session tickets: a resumed session carries the first handshake's
+ * certificate and verdict without a new signature, so a saved session would let a client in as
+ * the card holder without the card (shown by test/deployment-a.test.ts with `openssl s_client
+ * -sess_in`), past an expiry OpenSSL never rechecks. Each process has its own ticket keys, so
+ * behind a load balancer few resumptions would succeed anyway; and issuing two tickets per
+ * handshake (OpenSSL 3.0 re-decodes the client's certificates for each) cost ~0.4 ms of
+ * the worker's CPU per session (bench/smtp; perf: tls_construct_new_session_ticket). With the
+ * option, OpenSSL still sends TLS 1.3 tickets that name a session no server keeps: a client
+ * offering one gets a full handshake. No renegotiation either: in TLS 1.2 that is a
+ * handshake's RSA work at the client's will (TLS 1.3 has none).
+ */
+export const SERVER_SECURE_OPTIONS = constants.SSL_OP_NO_TICKET | constants.SSL_OP_NO_RENEGOTIATION;
 
 /** Why a presented certificate is not valid, in the words of events and refusals. */
 export type VerifyFailure =

@@ -1,6 +1,7 @@
 // An SMTP server for one listener: smtp-server's options for it, the factory of its sessions,
 // and what becomes of a connection refused before it was one (PROXY protocol).
-import { constants, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { SERVER_SECURE_OPTIONS } from '../../shared/pki/verify.ts';
 import type { Listener, NewSessionEvent } from '../../shared/config/schemas.ts';
 import { GatewayServer, type RefusedConnection } from './adapter.ts';
 import type { ListenerRuntime } from './runtime.ts';
@@ -27,9 +28,8 @@ const REFUSED_REASON: Record<RefusedConnection['reason'], string> = {
 export function tlsOptions(listener: Listener): { key?: string; cert?: string; ca?: string; allowPartialTrustChain?: boolean; secureOptions?: number } {
   if (!listener.tls) return {};
   return {
-    // A TLS 1.2 client may not renegotiate (OpenSSL answers a no_renegotiation alert): a
-    // renegotiation is a handshake's RSA work at the client's will (TLS 1.3 has none).
-    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
+    // A full handshake every session (no resumption) and no TLS 1.2 renegotiation.
+    secureOptions: SERVER_SECURE_OPTIONS,
     key: listener.tls.privateKeyPem ?? undefined,
     cert: listener.tls.certificatePem,
     // The trust anchors OpenSSL verifies client certificates against; also sent as the
