@@ -152,15 +152,8 @@ export async function smtplib(o: SmtplibOptions): Promise<Array<[string, number,
  * `openssl s_client -starttls smtp` (or implicit TLS) typing `lines` one by one, each after
  * the previous reply; returns everything the server printed after the handshake.
  */
-export async function opensslSession(o: {
-  port: number; implicitTls?: boolean; cert?: string; key?: string; lines: string[];
-  /** Saves the TLS session (its tickets) to this file, or offers the one saved there; the output then has s_client's report (`New,` / `Reused,`). */
-  sessionOut?: string; sessionIn?: string;
-}, timeoutMs = 20_000): Promise<string> {
-  const args = ['s_client', '-connect', `127.0.0.1:${o.port}`, '-crlf', '-no_ign_eof'];
-  if (!o.sessionOut && !o.sessionIn) args.push('-quiet');
-  if (o.sessionOut) args.push('-sess_out', o.sessionOut);
-  if (o.sessionIn) args.push('-sess_in', o.sessionIn);
+export async function opensslSession(o: { port: number; implicitTls?: boolean; cert?: string; key?: string; lines: string[] }, timeoutMs = 20_000): Promise<string> {
+  const args = ['s_client', '-connect', `127.0.0.1:${o.port}`, '-quiet', '-crlf', '-no_ign_eof'];
   if (!o.implicitTls) args.push('-starttls', 'smtp');
   if (o.cert && o.key) args.push('-cert', o.cert, '-key', o.key);
   const child = spawn('openssl', args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -170,7 +163,7 @@ export async function opensslSession(o: {
   const deadline = Date.now() + timeoutMs;
   const waitForReply = async (count: number) => {
     while (Date.now() < deadline && child.exitCode === null) {
-      const finals = out.split(/\r?\n/).filter((l) => /^\d{3} /.test(l)).length;
+      const finals = out.split('\r\n').filter((l) => /^\d{3} /.test(l)).length;
       if (finals >= count) return;
       await new Promise((r) => setTimeout(r, 20));
     }
