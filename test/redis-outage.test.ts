@@ -60,32 +60,6 @@ describe('EventRecorder on a real Redis', () => {
     }
   });
 
-  test('events of sessions ending within the gather window (separate turns) share a pipeline', async () => {
-    const r = await startRedis();
-    const conn = new Redis(r.url);
-    try {
-      let pipelines = 0;
-      const pipeline = conn.pipeline.bind(conn);
-      conn.pipeline = ((...a: Parameters<typeof pipeline>) => {
-        pipelines++;
-        return pipeline(...a);
-      }) as typeof conn.pipeline;
-      // A window far longer than the loop below, so that the count does not depend on timing.
-      const recorder = new EventRecorder({ redis: conn, gatherMs: 5_000 });
-      for (let i = 0; i < 20; i++) {
-        recorder.record(event(i));
-        await new Promise((resolve) => setImmediate(resolve));
-      }
-      assert.equal(pipelines, 0, 'nothing written before the window ends');
-      assert.equal(await recorder.drain(20_000), 0);
-      assert.equal(await conn.xlen(keys.events), 20);
-      assert.equal(pipelines, 1, `${pipelines} pipelines for 20 events recorded in 20 turns`);
-    } finally {
-      conn.disconnect();
-      await r.stop();
-    }
-  });
-
   test('while Redis is away: up to 10,000 kept and written when it is back, the rest counted as dropped', async () => {
     const r = await startRedis();
     const conn = new Redis(r.url, { maxRetriesPerRequest: 1, retryStrategy: () => 100 });

@@ -204,10 +204,17 @@ interface CertInfo {
   issuerCanon: string;
 }
 
-const infoCache = new WeakMap<X509Certificate, CertInfo>();
+/**
+ * By SHA-256 fingerprint (Node computes it natively, ~3 µs), not by object: every TLS session
+ * hands over new X509Certificate objects for the same card and intermediates, and parsing one
+ * here costs ~20 µs (bench/smtp, CRLs on). Bounded: cleared when full (~2 KB an entry).
+ */
+const infoCache = new Map<string, CertInfo>();
+const MAX_INFO_CACHE = 4096;
 
 export function certInfo(cert: X509Certificate): CertInfo {
-  const cached = infoCache.get(cert);
+  const key = cert.fingerprint256;
+  const cached = infoCache.get(key);
   if (cached) return cached;
   const parsed = parseCertificateDer(cert.raw);
   const ext = parsed.extensions;
@@ -228,7 +235,8 @@ export function certInfo(cert: X509Certificate): CertInfo {
     subjectCanon,
     issuerCanon,
   };
-  infoCache.set(cert, info);
+  if (infoCache.size >= MAX_INFO_CACHE) infoCache.clear();
+  infoCache.set(key, info);
   return info;
 }
 

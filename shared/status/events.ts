@@ -2,8 +2,8 @@
 // A capped Redis stream; each entry holds the event as one JSON field `e`.
 //
 // Workers write through an EventRecorder (SPEC §1 "Redis unreachable"): events wait in
-// memory, up to 10,000, and go to Redis in batches (one pipeline of XADDs at most every
-// 20 ms, however many sessions ended meanwhile); when Redis is unreachable they wait until it is
+// memory, up to 10,000, and go to Redis in batches (one pipeline of XADDs per round trip,
+// however many sessions ended meanwhile); when Redis is unreachable they wait until it is
 // back, and what does not fit is counted as dropped. Delivery is at least once: a batch
 // whose answer was lost with its connection is written again (ioredis resends it), so
 // a crash of Redis itself mid-batch may duplicate an event, never lose one that fitted.
@@ -35,12 +35,6 @@ export interface EventRecorderOptions {
   maxPending?: number;
   /** Events per pipeline (default 500). */
   batch?: number;
-  /**
-   * How long the first event of a batch waits for others (default 20 ms). One pipeline per
-   * session costs a write to Redis and a wake-up of Redis each (~0.1 ms of CPU at ~200 sessions/s,
-   * measured in bench/smtp); 20 ms keeps events in `GET /v1/events` well within a second.
-   */
-  gatherMs?: number;
   /** Delay before a failed batch is tried again (default 1 s). */
   retryMs?: number;
   /** An event that did not fit. */
@@ -97,13 +91,11 @@ export class EventRecorder {
   private kick(): void {
     if (this.scheduled || this.writing || this.retry || this.pending.length === 0) return;
     this.scheduled = true;
-    // Events of sessions ending within gatherMs share a batch; a full batch goes at once.
-    const go = () => {
+    // After the current turn, so that the events of sessions ending together share a batch.
+    setImmediate(() => {
       this.scheduled = false;
       void this.write();
-    };
-    if (this.pending.length >= this.batch) setImmediate(go);
-    else setTimeout(go, this.o.gatherMs ?? 20);
+    });
   }
 
   private async write(): Promise<void> {
