@@ -9,7 +9,7 @@ import { peopleLdif } from './helpers/people.ts';
 import https from 'node:https';
 import { spawnNode, startSystem, TOKEN, type System } from './helpers/system.ts';
 import { startSink, type Sink } from './helpers/smtp-sink.ts';
-import { swaks } from './helpers/smtp-clients.ts';
+import { smtplib, swaks } from './helpers/smtp-clients.ts';
 import { freePort, waitForPort } from './helpers/ports.ts';
 import { eventually } from './helpers/wait.ts';
 import type { Issued } from './helpers/pki.ts';
@@ -64,7 +64,8 @@ before(async () => {
   sys = await startSystem({ workers: 2, apiEnv: { SCHEDULER: 'on', CRL_FILE_ROOT: crlDir } });
   certs.jdoe = await sys.pki.client({ cn: 'LAST.FIRST.1234567890' });
   certs.ivan = await sys.pki.client({ cn: 'INTER.MEDIATE.5555555555', issuer: 'intermediate' });
-  await sys.slapd.add(peopleLdif([...people(), cardHolder('jdoe', certs.jdoe), cardHolder('ivan', certs.ivan)]));
+  certs.ines = await sys.pki.client({ cn: 'SENT.CHAIN.6666666666', issuer: 'intermediate' });
+  await sys.slapd.add(peopleLdif([...people(), cardHolder('jdoe', certs.jdoe), cardHolder('ivan', certs.ivan), cardHolder('ines', certs.ines)]));
   const server = await sys.pki.server({ cn: 'gateway.example.com' });
   port = await freePort();
   await sys.api.ok('POST', '/v1/ldap-profiles', ldapProfile(sys, { certificate: true, smtpAuth: false }));
@@ -137,6 +138,33 @@ describe('CRLs enforced by running workers', () => {
     await sys.api.ok('PUT', '/v1/crl-settings', settings);
     await sys.settled();
     await publishRootCrl([]);
+  });
+
+  test('a revoked intermediate the client sends after an unrelated certificate is still checked (the chain follows issuance, not the order sent)', async () => {
+    // A listener trusting the root only: the intermediate comes from the client, after a decoy.
+    const rootOnly = await freePort();
+    const server = await sys.pki.server({ cn: 'gateway.example.com' });
+    await sys.api.ok('POST', '/v1/listeners', listener(sys, {
+      name: 'root-only', port: rootOnly, authProfile: 'cac-auth', tls: { certificatePem: server.certPem, privateKeyPem: server.keyPem, clientCaPem: sys.pki.root.certPem },
+    }));
+    const sentChain = path.join(crlDir, 'ines-sent-chain.pem');
+    await writeFile(sentChain, certs.ines!.certPem + sys.pki.foreign.certPem + sys.pki.intermediate.certPem);
+    await sys.settled();
+    const send = () => smtplib({ port: rootOnly, starttls: true, cert: sentChain, key: certs.ines!.keyPath });
+    const relayedBy = (steps: Awaited<ReturnType<typeof send>>) => steps.some(([step, code]) => step === 'DATA' && code === 250);
+    try {
+      await eventually(async () => relayedBy(await send()), 20_000, 'relayed while the intermediate is not revoked');
+      await publishRootCrl([sys.pki.intermediate.serial]);
+      const steps = await eventually(async () => {
+        const s = await send();
+        return !relayedBy(s) && s;
+      }, 20_000, 'refused once the root CRL revokes the intermediate');
+      assert.ok(steps.some(([, code, text]) => code === 554 && /revoked/.test(text)), JSON.stringify(steps));
+    } finally {
+      await sys.api.ok('DELETE', '/v1/listeners/root-only');
+      await publishRootCrl([]);
+      await sys.settled();
+    }
   });
 
   test('outboundSmtpTls: a next hop presenting a revoked certificate is not used (451 4.4.1, nothing delivered)', async () => {

@@ -71,29 +71,39 @@ export function verifyFailure(code: string | Error | null | undefined): VerifyFa
 
 /** Links followed at most: deeper chains are refused by OpenSSL's own depth limit long before. */
 const MAX_CHAIN = 10;
+/** Certificates a peer sent besides its own that are looked at (OpenSSL bounds the list to 100 KB). */
+const MAX_PRESENTED = 64;
 
 /**
  * A verified leaf with its issuers, leaf first, up to the first trust anchor: the certificates
- * the peer presented (Node links them to the leaf by issuance) until one is issued by an anchor
- * of `anchors`, which ends the chain (an anchor is trusted, not revocation-checked, as an
- * intermediate CA in a listener's bundle is: SPEC §2.6 covers issuers by their CRL sources).
- * The signatures were checked by OpenSSL; issuance here is matched by name and key identifier
- * (`checkIssued`), which is all the revocation lookup needs.
+ * the peer presented, until one is issued by an anchor of `anchors`, which ends the chain (an
+ * anchor is trusted, not revocation-checked, as an intermediate CA in a listener's bundle is:
+ * SPEC §2.6 covers issuers by their CRL sources).
+ *
+ * Node links the presented certificates in the order the peer sent them (`issuerCertificate` is
+ * simply the next one), and a peer may send others first: a client whose card is revoked would
+ * otherwise have the revocation check look at a certificate of its choosing. So each link is
+ * found by issuance: name and key identifier (`checkIssued`) and the issuer's signature, which a
+ * certificate forged with the real intermediate's name and key identifier does not carry.
  */
 export function verifiedChain(leaf: X509Certificate, anchors: readonly X509Certificate[]): X509Certificate[] {
+  const presented: X509Certificate[] = [];
+  for (let c = leaf.issuerCertificate; c && presented.length < MAX_PRESENTED; c = c.issuerCertificate) presented.push(c);
   const chain = [leaf];
-  const seen = new Set([leaf.fingerprint256]);
   for (let cert = leaf; chain.length < MAX_CHAIN && !cert.checkIssued(cert); ) {
-    const anchor = anchors.find((a) => cert.checkIssued(a));
+    const anchor = anchors.find((a) => issuedBy(cert, a));
     if (anchor) {
       chain.push(anchor);
       break;
     }
-    const presented = cert.issuerCertificate;
-    if (!presented || seen.has(presented.fingerprint256)) break;
-    chain.push(presented);
-    seen.add(presented.fingerprint256);
-    cert = presented;
+    const next = presented.find((p) => !chain.includes(p) && issuedBy(cert, p));
+    if (!next) break;
+    chain.push(next);
+    cert = next;
   }
   return chain;
+}
+
+function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+  return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
 }
