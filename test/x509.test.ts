@@ -8,9 +8,10 @@ import { promisify } from 'node:util';
 import net from 'node:net';
 import { connect as connectTls, createSecureContext, TLSSocket } from 'node:tls';
 import { certificateFacts } from '../shared/pki/certificate.ts';
-import { verifiedChain, verifyFailure, type VerifyFailure } from '../shared/pki/verify.ts';
+import { verifyFailure, type VerifyFailure } from '../shared/pki/verify.ts';
 import type { Listener } from '../shared/config/schemas.ts';
 import { tlsOptions } from '../worker/smtp/server.ts';
+import { peerCertificate } from '../worker/smtp/peer-certificate.ts';
 import { keyMatchesCertificate, parsePemCertificates, parsePrivateKeyPem } from '../shared/pki/pem.ts';
 import { certificateTokenValues } from '../shared/directory/tokens.ts';
 import { createPki, OID_TEST_ATTR, type CaHandle, type Issued, type Pki } from './helpers/pki.ts';
@@ -250,9 +251,12 @@ describe('x509', () => {
           socket.on('error', reject);
           socket.on('secure', () => {
             const err = (socket as unknown as { _handle: { verifyError(): { code?: string } | null } })._handle.verifyError();
-            const leaf = socket.getPeerX509Certificate();
             const code = err?.code ?? null;
-            resolve({ reason: code === null ? null : verifyFailure(code), code, chain: leaf && code === null ? verifiedChain(leaf, o.trusted) : [] });
+            // As smtp-server sets it; then what a session uses (worker/smtp/peer-certificate.ts, kept by
+            // fingerprint: Node's getPeerX509Certificate() hands the sent chain over only once per socket).
+            socket.authorized = code === null;
+            const peer = peerCertificate(socket, o.trusted);
+            resolve({ reason: code === null ? null : verifyFailure(code), code, chain: peer && code === null ? peer.chain() : [] });
             socket.end();
             srv.close();
           });
@@ -419,6 +423,20 @@ describe('x509', () => {
       const chain = await assertValid({ leaf: c, presented: [...junk, pki.intermediate.x509], trusted: [pki.root.x509] });
       // The revocation check follows issuance, not the order the client sent its certificates in.
       assert.deepEqual(fingerprints(chain), fingerprints([c.x509, pki.intermediate.x509, pki.root.x509]));
+    });
+
+    test("a session keeps a certificate's chain only from a verified handshake (peer-certificate.ts)", async () => {
+      const c = await pki.client({ issuer: 'intermediate' });
+      const trusted = [pki.root.x509];
+      // Refused first (its intermediate left out): nothing of that handshake may serve the next.
+      assert.equal((await handshake({ leaf: c, trusted })).code, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY');
+      const sent = await handshake({ leaf: c, presented: [pki.foreign.x509, pki.intermediate.x509], trusted });
+      const expected = fingerprints([c.x509, pki.intermediate.x509, pki.root.x509]);
+      assert.deepEqual(fingerprints(sent.chain), expected);
+      // Kept: the same certificate later, sent with its intermediate alone, gets the same chain.
+      const again = await handshake({ leaf: c, presented: [pki.intermediate.x509], trusted });
+      assert.deepEqual(fingerprints(again.chain), expected);
+      assert.equal(again.chain, sent.chain);
     });
 
     test('server certificate (serverAuth EKU) is not a client certificate', async () => {

@@ -17,8 +17,9 @@ import {
 } from '../../shared/policy/limits.ts';
 import { countsAsFailure, THROTTLED, type ThrottleScope } from '../../shared/policy/auth-throttle.ts';
 import type { AuthFailureThrottle, LdapAuthProfile, NewSessionEvent } from '../../shared/config/schemas.ts';
-import { certificateFacts, type CertificateFacts } from '../../shared/pki/certificate.ts';
-import { verifiedChain, verifyFailure } from '../../shared/pki/verify.ts';
+import type { CertificateFacts } from '../../shared/pki/certificate.ts';
+import { verifyFailure } from '../../shared/pki/verify.ts';
+import { peerCertificate } from './peer-certificate.ts';
 import type { RevocationDecision } from '../../shared/pki/revocation.ts';
 import { certificateTokenValues, type TokenValues } from '../../shared/directory/tokens.ts';
 import type { AcceptedConnection, Challenge, Envelope, SessionController } from './adapter.ts';
@@ -375,16 +376,16 @@ export class Session implements SessionController {
 
   /** OpenSSL verified the chain in the handshake; certgate adds revocation and the directory. */
   private async checkCertificate(socket: TLSSocket): Promise<CertificateCheck> {
-    const leaf = socket.getPeerX509Certificate();
-    if (!leaf) return { kind: 'absent' };
-    const facts = factsOf(leaf);
+    const peer = peerCertificate(socket, this.runtime.clientCas);
+    if (!peer) return { kind: 'absent' };
+    const { facts } = peer;
     this.certificate = facts;
     if (!facts) return { kind: 'invalid', reason: 'malformed' };
     if (!socket.authorized) {
       this.revocationNote = `OpenSSL: ${String(socket.authorizationError)}`;
       return { kind: 'invalid', reason: verifyFailure(socket.authorizationError) };
     }
-    const revocation = await this.deps.revocation(verifiedChain(leaf, this.runtime.clientCas));
+    const revocation = await this.deps.revocation(peer.chain());
     this.revocationNote = revocation.detail;
     if (revocation.refuse) return { kind: 'invalid', reason: revocation.refuse };
     if (this.state.auth.type !== 'certificate') return { kind: 'valid', directory: null };
@@ -423,29 +424,6 @@ function directoryMatch(found: Awaited<ReturnType<DirectoryPort['lookupCertifica
     case 'directory-unavailable': return { kind: 'unavailable' };
     default: return { kind: found.outcome };
   }
-}
-
-/**
- * Certificate facts by SHA-256 fingerprint: a card holder reconnects many times a day, and the
- * facts (names formatted, subjectAltName read) are a pure function of the certificate.
- */
-const knownFacts = new Map<string, CertificateFacts>();
-const MAX_KNOWN_FACTS = 10_000;
-
-/** The facts of a verified or presented certificate; null when its names cannot be decoded. */
-function factsOf(cert: X509Certificate): CertificateFacts | null {
-  const key = cert.fingerprint256;
-  const hit = knownFacts.get(key);
-  if (hit) return hit;
-  let facts: CertificateFacts;
-  try {
-    facts = certificateFacts(cert);
-  } catch {
-    return null;
-  }
-  if (knownFacts.size >= MAX_KNOWN_FACTS) knownFacts.clear();
-  knownFacts.set(key, facts);
-  return facts;
 }
 
 function okReply(id: string, nextHop: Reply): Reply {
