@@ -4,7 +4,7 @@
  *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|proxy|all]
  *                         [--rounds 3] [--warmup 6] [--client-key rsa|ec] [--users 64]
  *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
- *                         [--ocsp-clients 2] [--processes n] [--profile] [--help]
+ *                         [--ocsp-clients 2] [--processes n] [--directory-cache 0] [--profile] [--help]
  *
  * Scenarios (SPEC §3, §4):
  * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
@@ -109,6 +109,7 @@ const { values: argv } = parseArgs({
     ocsp: { type: 'string', default: 'off' },
     'ocsp-clients': { type: 'string', default: '2' },
     processes: { type: 'string', default: '0' },
+    'directory-cache': { type: 'string', default: '0' },
   },
 });
 const seconds = Number(argv.seconds);
@@ -119,6 +120,10 @@ const userCount = Number(argv.users);
 const clientKey = argv['client-key'];
 const scenarioArg = argv.scenario;
 const processes = Number(argv.processes);
+// cacheTtlSeconds of both LDAP profiles: 0 (SPEC's default, the targets' setting) asks the
+// directory on every session; more shows what certgate costs with the directory's share gone.
+const directoryCache = Number(argv['directory-cache']);
+if (!(Number.isInteger(directoryCache) && directoryCache >= 0 && directoryCache <= 3600)) throw new Error('--directory-cache: 0..3600 s');
 if (!(Number.isInteger(processes) && (processes === 0 || (processes >= 2 && processes <= 64)))) throw new Error('--processes: 2..64 (0: off)');
 const greetingDelay = argv['greeting-delay'];
 if (greetingDelay !== 'on' && greetingDelay !== 'sink-off' && greetingDelay !== 'off') throw new Error('--greeting-delay: on, sink-off or off');
@@ -415,7 +420,8 @@ async function main(): Promise<void> {
   const perScenarioRuns = { auth: 3 + (processes ? 1 : 0), cert: (argv.postfix === 'on' ? 4 : 3) + (argv.ocsp === 'on' ? 4 : 0) + (processes ? 1 : 0), proxy: 2 };
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * rounds * (warmup + seconds + 0.5), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up), ` +
-    `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
+    `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}` +
+    `${directoryCache ? `, LDAP cacheTtlSeconds ${directoryCache} (not the targets' setting: SPEC's default is 0)` : ''}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
 
   const workDir = await mkdtemp(join(tmpdir(), 'certgate-bench-'));
   const profileDir = argv.profile ? join(workDir, 'profiles') : null;
@@ -472,8 +478,8 @@ async function main(): Promise<void> {
   const portBOpen = await freePort();
   const portBProxy = await freePort();
   const serverTls = { certificatePem: server.certPem, privateKeyPem: server.keyPem };
-  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b' });
-  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a' });
+  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: false, smtpAuth: true }), name: 'corp-b', cacheTtlSeconds: directoryCache });
+  await sys.api.ok('POST', '/v1/ldap-profiles', { ...ldapProfile(sys, { certificate: true, smtpAuth: false }), name: 'corp-a', cacheTtlSeconds: directoryCache });
   await sys.api.ok('POST', '/v1/smtp-auth-profiles', ldapAuthProfile({ ldapProfile: 'corp-b' }));
   await sys.api.ok('POST', '/v1/smtp-auth-profiles', cacAuthProfile({ ldapProfile: 'corp-a', fallback: false }));
   const policy = { action: 'relay', tls: 'required', smtpAuthRequiresTls: false, maxMessageBytes: 1_000_000, maxRecipients: 10, requireSmtpAuth: true };

@@ -125,6 +125,8 @@ export async function fetchText(url: string): Promise<string> {
 }
 
 export const fmt = (n: number, digits = 1): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+/** A change, with its sign: `+3.2`, `-1.0`. */
+export const signed = (n: number, digits = 1): string => `${n >= 0 ? '+' : ''}${fmt(n, digits)}`;
 
 /** The pid of the Redis server at `url` (from INFO), for its CPU account; undefined when it does not answer. */
 export async function redisPid(url: string): Promise<number | undefined> {
