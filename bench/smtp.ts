@@ -602,6 +602,11 @@ async function main(): Promise<void> {
       const p = summarize(results, targets.find((x) => x.key === 'pf')!);
       all.push(p);
       lines.push(`cert: certgate vs Postfix (certificate-only) ${fmt(p.rate)} sessions/s (p50 ${fmt(p.p50, 0)} ms, p99 ${fmt(p.p99, 0)} ms) → ${ratioText(results, 'cg', 'pf', c, p, 1.2)}`);
+      if (multi) {
+        const n = summarize(results, targets.find((x) => x.key === 'cg-n')!);
+        all.push(n);
+        lines.push(`cert: certgate with WORKER_PROCESSES=${processes} (p50 ${fmt(n.p50, 0)} ms, p99 ${fmt(n.p99, 0)} ms) vs Postfix, neither pinned → ${ratioText(results, 'cg-n', 'pf', n, p, 1.2)}`);
+      }
     } else {
       lines.push(`cert: no Postfix reference (${postfixMissing})`);
     }
