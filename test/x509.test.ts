@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import net from 'node:net';
 import { connect as connectTls, createSecureContext, TLSSocket } from 'node:tls';
 import { certificateFacts } from '../shared/pki/certificate.ts';
-import { verifyFailure, type VerifyFailure } from '../shared/pki/verify.ts';
+import { verifiedChain, verifyFailure, type VerifyFailure } from '../shared/pki/verify.ts';
 import type { Listener } from '../shared/config/schemas.ts';
 import { tlsOptions } from '../worker/smtp/server.ts';
 import { peerCertificate } from '../worker/smtp/peer-certificate.ts';
@@ -242,7 +242,7 @@ describe('x509', () => {
     });
 
     /** A mutual-TLS handshake as a listener makes it (tlsOptions: ca + allowPartialTrustChain, smtp-server's TLSSocket). */
-    async function handshake(o: { leaf: { x509: X509Certificate; keyPem: string }; presented?: X509Certificate[]; trusted: X509Certificate[] }): Promise<{ reason: VerifyFailure | null; code: string | null; chain: X509Certificate[] }> {
+    async function handshake(o: { leaf: { x509: X509Certificate; keyPem: string }; presented?: X509Certificate[]; trusted: X509Certificate[]; session?: boolean }): Promise<{ reason: VerifyFailure | null; code: string | null; chain: X509Certificate[] }> {
       const server = await pki.server();
       const context = createSecureContext({ ...tlsOptions(listenerWith(o.trusted)), key: server.keyPem, cert: server.certPem });
       return new Promise((resolve, reject) => {
@@ -252,11 +252,19 @@ describe('x509', () => {
           socket.on('secure', () => {
             const err = (socket as unknown as { _handle: { verifyError(): { code?: string } | null } })._handle.verifyError();
             const code = err?.code ?? null;
-            // As smtp-server sets it; then what a session uses (worker/smtp/peer-certificate.ts, kept by
-            // fingerprint: Node's getPeerX509Certificate() hands the sent chain over only once per socket).
-            socket.authorized = code === null;
-            const peer = peerCertificate(socket, o.trusted);
-            resolve({ reason: code === null ? null : verifyFailure(code), code, chain: peer && code === null ? peer.chain() : [] });
+            // The chain of this handshake's own certificates, or (`session`) what a session uses: kept by
+            // fingerprint in worker/smtp/peer-certificate.ts, authorized set as smtp-server sets it.
+            // One or the other: Node's getPeerX509Certificate() hands the sent chain over once per socket.
+            let chain: X509Certificate[] = [];
+            if (o.session) {
+              socket.authorized = code === null;
+              const peer = peerCertificate(socket, o.trusted);
+              if (peer && code === null) chain = peer.chain();
+            } else {
+              const leaf = socket.getPeerX509Certificate();
+              if (leaf && code === null) chain = verifiedChain(leaf, o.trusted);
+            }
+            resolve({ reason: code === null ? null : verifyFailure(code), code, chain });
             socket.end();
             srv.close();
           });
@@ -429,12 +437,12 @@ describe('x509', () => {
       const c = await pki.client({ issuer: 'intermediate' });
       const trusted = [pki.root.x509];
       // Refused first (its intermediate left out): nothing of that handshake may serve the next.
-      assert.equal((await handshake({ leaf: c, trusted })).code, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY');
-      const sent = await handshake({ leaf: c, presented: [pki.foreign.x509, pki.intermediate.x509], trusted });
+      assert.equal((await handshake({ leaf: c, trusted, session: true })).code, 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY');
+      const sent = await handshake({ leaf: c, presented: [pki.foreign.x509, pki.intermediate.x509], trusted, session: true });
       const expected = fingerprints([c.x509, pki.intermediate.x509, pki.root.x509]);
       assert.deepEqual(fingerprints(sent.chain), expected);
       // Kept: the same certificate later, sent with its intermediate alone, gets the same chain.
-      const again = await handshake({ leaf: c, presented: [pki.intermediate.x509], trusted });
+      const again = await handshake({ leaf: c, presented: [pki.intermediate.x509], trusted, session: true });
       assert.deepEqual(fingerprints(again.chain), expected);
       assert.equal(again.chain, sent.chain);
     });

@@ -54,6 +54,7 @@ import {
 } from 'ldapts';
 import { ANSWER_LIMITS, AnswerMeter } from './answer-meter.ts';
 import { FilterSyntaxError, generalizedTime, parseFilter, renderFilter, type FilterNode } from './filter.ts';
+import { boundedMemo } from '../util/bounded-memo.ts';
 import type { LdapProfile } from '../config/schemas.ts';
 import type { TokenValues } from './tokens.ts';
 import { verifyStoredPassword } from './password-hash.ts';
@@ -147,23 +148,11 @@ function isTransportError(err: unknown): boolean {
 // Filters: our AST → ldapts filter objects, values as UTF-8 / raw octets.
 
 /**
- * Rendered filters already parsed, with their ldapts objects (which only serialise themselves,
- * so one serves every search): a card holder or user comes back many times a day, and parsing
- * costs ~0.05 ms a search (bench/smtp --profile). Bounded; cleared when full.
+ * Rendered filters already parsed, as ldapts objects (which only serialise themselves, so one
+ * serves every search): a card holder or user comes back many times a day, and parsing costs
+ * ~0.05 ms a search (bench/smtp --profile). Throws FilterSyntaxError.
  */
-const compiledFilters = new Map<string, Filter>();
-const MAX_COMPILED_FILTERS = 10_000;
-
-/** The ldapts filter for a rendered filter string; throws FilterSyntaxError. */
-function compiledFilter(filter: string): Filter {
-  let compiled = compiledFilters.get(filter);
-  if (!compiled) {
-    compiled = toLdapFilter(parseFilter(filter));
-    if (compiledFilters.size >= MAX_COMPILED_FILTERS) compiledFilters.clear();
-    compiledFilters.set(filter, compiled);
-  }
-  return compiled;
-}
+const compiledFilter = boundedMemo(10_000, (filter: string): Filter => toLdapFilter(parseFilter(filter)));
 
 function toLdapFilter(node: FilterNode): Filter {
   const text = (b: Buffer): string => b.toString('utf8');
@@ -554,12 +543,12 @@ class SearchCache {
     private readonly maxItems = 10_000,
   ) {}
 
+  /** Callers ask get() and set() only when enabled. */
   get enabled(): boolean {
     return this.ttlMs > 0;
   }
 
   get(key: string): Entry[] | undefined {
-    if (this.ttlMs <= 0) return undefined;
     const hit = this.entries.get(key);
     if (!hit) return undefined;
     if (hit.expires <= performance.now()) {
@@ -570,7 +559,6 @@ class SearchCache {
   }
 
   set(key: string, result: Entry[]): void {
-    if (this.ttlMs <= 0) return;
     // Map iteration order is insertion order: drop the oldest when full.
     if (this.entries.size >= this.maxItems) {
       const oldest = this.entries.keys().next();

@@ -204,17 +204,10 @@ interface CertInfo {
   issuerCanon: string;
 }
 
-/**
- * By SHA-256 fingerprint (Node computes it natively, ~3 µs), not by object: every TLS session
- * hands over new X509Certificate objects for the same card and intermediates, and parsing one
- * here costs ~20 µs (bench/smtp, CRLs on). Bounded: cleared when full (~2 KB an entry).
- */
-const infoCache = new Map<string, CertInfo>();
-const MAX_INFO_CACHE = 4096;
+const infoCache = new WeakMap<X509Certificate, CertInfo>();
 
 export function certInfo(cert: X509Certificate): CertInfo {
-  const key = cert.fingerprint256;
-  const cached = infoCache.get(key);
+  const cached = infoCache.get(cert);
   if (cached) return cached;
   const parsed = parseCertificateDer(cert.raw);
   const ext = parsed.extensions;
@@ -235,8 +228,7 @@ export function certInfo(cert: X509Certificate): CertInfo {
     subjectCanon,
     issuerCanon,
   };
-  if (infoCache.size >= MAX_INFO_CACHE) infoCache.clear();
-  infoCache.set(key, info);
+  infoCache.set(cert, info);
   return info;
 }
 

@@ -39,6 +39,7 @@ import { X509Certificate } from 'node:crypto';
 import { finished } from 'node:stream';
 import { parsePemCertificates } from '../../shared/pki/pem.ts';
 import { verifiedChain } from '../../shared/pki/verify.ts';
+import { boundedMemo } from '../../shared/util/bounded-memo.ts';
 
 export interface NextHopTarget {
   host: string;
@@ -826,23 +827,14 @@ async function checkCertificate(target: NextHopTarget, chain: X509Certificate[])
   if (reason !== null) throw new NextHopUnavailable(`next hop certificate ${reason}`);
 }
 
-/** Trust anchors of a next hop: its caPem, or the system store (parsed once). */
-const anchorsByCa = new Map<string, X509Certificate[]>();
-function anchorsOf(caPem: string | null): X509Certificate[] {
-  const key = caPem ?? '';
-  let anchors = anchorsByCa.get(key);
-  if (!anchors) {
-    anchors = caPem ? parsePemCertificates(caPem) : tls.rootCertificates.map((pem) => new X509Certificate(pem));
-    if (anchorsByCa.size >= 64) anchorsByCa.clear();
-    anchorsByCa.set(key, anchors);
-  }
-  return anchors;
-}
+/** Trust anchors of a next hop by its caPem, '' for the system store (parsed once). */
+const anchorsOf = boundedMemo(64, (caPem: string): X509Certificate[] =>
+  caPem ? parsePemCertificates(caPem) : tls.rootCertificates.map((pem) => new X509Certificate(pem)));
 
 /** The next hop's chain, leaf first, up to its anchor (for the outboundSmtpTls revocation check). */
 function peerChain(socket: tls.TLSSocket, caPem: string | null): X509Certificate[] {
   const leaf = socket.getPeerX509Certificate();
-  return leaf ? verifiedChain(leaf, anchorsOf(caPem)) : [];
+  return leaf ? verifiedChain(leaf, anchorsOf(caPem ?? '')) : [];
 }
 
 /** A pooled link that may carry this message: alive, and its certificate still passes the check. */
