@@ -50,20 +50,22 @@ export async function processCpuMs(pid: number | undefined): Promise<number | nu
   }
 }
 
-/**
- * CPU time (ms) of a process tree so far: the root's own and its reaped children's
- * (cutime/cstime) plus every live descendant's, the same way. A child that exits between two readings moves
- * from the second sum into the first, so a difference of two readings counts it once (Postfix's
- * smtpd, cleanup and smtp processes come and go under its master).
- */
-export async function processTreeCpuMs(rootPid: number | undefined): Promise<number | null> {
-  if (!rootPid) return null;
-  const stats = new Map<number, { ppid: number; own: number; children: number }>();
+interface ProcStat {
+  ppid: number;
+  /** utime + stime, clock ticks. */
+  own: number;
+  /** cutime + cstime: the reaped children's, clock ticks. */
+  children: number;
+}
+
+/** A process and its live descendants, root first, with their /proc stat figures; empty when the root is gone. */
+async function processTree(rootPid: number): Promise<Array<[number, ProcStat]>> {
+  const stats = new Map<number, ProcStat>();
   let entries: string[];
   try {
     entries = await readdir('/proc');
   } catch {
-    return null;
+    return [];
   }
   await Promise.all(
     entries.filter((e) => /^\d+$/.test(e)).map(async (e) => {
@@ -77,16 +79,34 @@ export async function processTreeCpuMs(rootPid: number | undefined): Promise<num
     }),
   );
   const root = stats.get(rootPid);
-  if (!root) return null;
+  if (!root) return [];
   const kids = new Map<number, number[]>();
   for (const [pid, st] of stats) kids.set(st.ppid, [...(kids.get(st.ppid) ?? []), pid]);
-  let ticks = root.own + root.children;
+  const tree: Array<[number, ProcStat]> = [[rootPid, root]];
   const todo = [...(kids.get(rootPid) ?? [])];
   for (let pid = todo.pop(); pid !== undefined; pid = todo.pop()) {
-    const st = stats.get(pid)!;
-    ticks += st.own + st.children;
+    tree.push([pid, stats.get(pid)!]);
     todo.push(...(kids.get(pid) ?? []));
   }
+  return tree;
+}
+
+/** The pids of a process and its live descendants (empty when it is gone). */
+export async function processTreePids(rootPid: number): Promise<number[]> {
+  return (await processTree(rootPid)).map(([pid]) => pid);
+}
+
+/**
+ * CPU time (ms) of a process tree so far: the root's own and its reaped children's
+ * (cutime/cstime) plus every live descendant's, the same way. A child that exits between two readings moves
+ * from the second sum into the first, so a difference of two readings counts it once (Postfix's
+ * smtpd, cleanup and smtp processes come and go under its master).
+ */
+export async function processTreeCpuMs(rootPid: number | undefined): Promise<number | null> {
+  if (!rootPid) return null;
+  const tree = await processTree(rootPid);
+  if (tree.length === 0) return null;
+  const ticks = tree.reduce((a, [, st]) => a + st.own + st.children, 0);
   return (ticks * 1000) / (await clockTicks());
 }
 
