@@ -4,7 +4,7 @@
  *   npx tsx bench/smtp.ts [--seconds 8] [--clients 32] [--scenario auth|cert|proxy|all]
  *                         [--rounds 3] [--warmup 6] [--client-key rsa|ec] [--users 64]
  *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
- *                         [--ocsp-clients 2] [--processes n] [--directory-cache 0] [--pin off|on]
+ *                         [--ocsp-clients 2] [--processes n] [--directory-cache 0] [--pin auto|on|off]
  *                         [--profile] [--help]
  *
  * Scenarios (SPEC §3, §4):
@@ -61,14 +61,14 @@
  * is that of its whole process tree (the cluster primary and its n serving processes). With
  * the load generator on one of the cores, a 2-core machine cannot show what n processes give
  * on a larger one: the ratio then says whether the second process helps at all.
- * --pin on: issue 12's setup, the load generator on the first CPU and everything serving (the servers,
- * slapd, Redis, the API, the sink in this process, Postfix's processes) on the others
- * (bench/lib/pinning.ts), so that no server borrows the load generator's core. Off by default: on a
- * 2-core machine the load generator, alone on its core, becomes the limit (its event loop 86-100 %
- * busy in the pinned runs measured, the servers' core 77-90 %), so the rates compare the load
- * generator with itself, and a ratio whose two sides both had it >= 90 % busy is printed as not
- * judged; unpinned it uses what a server leaves of the other core. CPU per session compares either
- * way. Not with --processes: that target is measured unpinned.
+ * --pin (default auto: on, unless --processes or the machine cannot): issue 12's setup, the load
+ * generator on the first CPU and everything serving (the servers, slapd, Redis, the API, the sink in
+ * this process, Postfix's processes) on the others (bench/lib/pinning.ts), so that a server and its
+ * helpers get one core and never borrow the load generator's. --pin off lets the kernel place them:
+ * a single-threaded server then also gets the other core's spare time for its helpers (certgate's
+ * slapd and Redis), which the bare references do not need. A ratio whose two sides both had the load
+ * generator's core >= 90 % busy is printed as not judged (the load generator's limit, not the
+ * servers'). The WORKER_PROCESSES target is measured unpinned, so --processes runs without pinning.
  * --profile runs the worker and the reference process under V8's sampling profiler (the
  * inspector, started by a preload module) and prints where their CPU went, per session (the
  * rates of that run are perturbed by the profiler).
@@ -120,7 +120,7 @@ const { values: argv } = parseArgs({
     'ocsp-clients': { type: 'string', default: '2' },
     processes: { type: 'string', default: '0' },
     'directory-cache': { type: 'string', default: '0' },
-    pin: { type: 'string', default: 'off' },
+    pin: { type: 'string', default: 'auto' },
   },
 });
 const seconds = Number(argv.seconds);
@@ -136,8 +136,10 @@ const processes = Number(argv.processes);
 const directoryCache = Number(argv['directory-cache']);
 if (!(Number.isInteger(directoryCache) && directoryCache >= 0 && directoryCache <= 3600)) throw new Error('--directory-cache: 0..3600 s');
 if (!(Number.isInteger(processes) && (processes === 0 || (processes >= 2 && processes <= 64)))) throw new Error('--processes: 2..64 (0: off)');
-if (argv.pin !== 'on' && argv.pin !== 'off') throw new Error('--pin: on or off');
+if (argv.pin !== 'auto' && argv.pin !== 'on' && argv.pin !== 'off') throw new Error('--pin: auto, on or off');
 if (argv.pin === 'on' && processes) throw new Error('--pin on with --processes: the WORKER_PROCESSES target is measured unpinned (--pin off)');
+/** Whether this run pinned the load generator and the servers to CPUs of their own (--pin). */
+let pinned = false;
 const greetingDelay = argv['greeting-delay'];
 if (greetingDelay !== 'on' && greetingDelay !== 'sink-off' && greetingDelay !== 'off') throw new Error('--greeting-delay: on, sink-off or off');
 if (argv.postfix !== 'on' && argv.postfix !== 'off') throw new Error('--postfix: on or off');
@@ -553,12 +555,15 @@ async function main(): Promise<void> {
   }
   // Last, once every process is up: the serving side first (this process's whole tree), then
   // the load generator moved to its own CPU.
-  if (argv.pin === 'on') {
-    const split = await cpuSplit();
-    if (typeof split === 'string') throw new Error(`--pin on: ${split}`);
+  const split = argv.pin === 'off' || processes ? null : await cpuSplit();
+  if (typeof split === 'string' && argv.pin === 'on') throw new Error(`--pin on: ${split}`);
+  if (split && typeof split !== 'string') {
     const servers = await pinTrees([process.pid, postfix?.masterPid], split.servers);
     await pinTrees([load.child.pid], split.client);
-    console.log(`CPUs: load generator on CPU ${split.client}; servers, slapd, Redis, the API and the sink on CPU ${split.servers} (${servers} processes)`);
+    pinned = true;
+    console.log(`CPUs: load generator on CPU ${split.client}; servers, slapd, Redis, the API and the sink on CPU ${split.servers} (${servers} processes; --pin off lets the kernel place them)`);
+  } else {
+    console.log(`CPUs: not pinned (${typeof split === 'string' ? split : processes ? 'the WORKER_PROCESSES target is measured unpinned' : '--pin off'})`);
   }
   if (profileDir) {
     // Profile from here on (see profilerPreload).
@@ -756,14 +761,15 @@ function processesLine(scenario: string, results: RunResult[], n: Summary, one: 
  * The ratio as the median of the per-round ratios (a round's runs share the machine's
  * weather, so they compare best), with the rounds and the ratio of the median rates.
  */
-/** Pinned (--pin on), a load generator this busy on its own core is what limits a rate. */
+/** Pinned, a load generator this busy on its own core is what limits a rate. */
 const CLIENT_BOUND_SHARE = 0.9;
+
 
 function ratioText(results: RunResult[], num: string, den: string, a: Summary, b: Summary, target: number | null): string {
   const rounds = perRoundRatios(results, num, den);
   const ratio = median(rounds);
   // Pinned, a load generator whose one core is full sets both rates: the ratio is its, not the servers'.
-  const clientBound = argv.pin === 'on' && Math.min(a.clientShare, b.clientShare) >= CLIENT_BOUND_SHARE;
+  const clientBound = pinned && Math.min(a.clientShare, b.clientShare) >= CLIENT_BOUND_SHARE;
   const verdict = target === null ? ''
     : clientBound ? `, target ≥ ${target}: not judged, pinned and the load generator's core ≥ ${pct(CLIENT_BOUND_SHARE)} busy with both`
     : `, target ≥ ${target}: ${ratio >= target ? 'met' : 'MISSED'}`;
