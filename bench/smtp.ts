@@ -757,14 +757,13 @@ function processesLine(scenario: string, results: RunResult[], n: Summary, one: 
     `on ${cores} cores (the load generator takes one); server-side CPU per session ${fmt(n.serverCpu, 2)} vs ${fmt(one.serverCpu, 2)} ms`;
 }
 
+/** Pinned, a load generator this busy on its own core is what limits a rate. */
+const CLIENT_BOUND_SHARE = 0.9;
+
 /**
  * The ratio as the median of the per-round ratios (a round's runs share the machine's
  * weather, so they compare best), with the rounds and the ratio of the median rates.
  */
-/** Pinned, a load generator this busy on its own core is what limits a rate. */
-const CLIENT_BOUND_SHARE = 0.9;
-
-
 function ratioText(results: RunResult[], num: string, den: string, a: Summary, b: Summary, target: number | null): string {
   const rounds = perRoundRatios(results, num, den);
   const ratio = median(rounds);

@@ -2,13 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
-import { cpuSplit, parseCpuList, pinTrees } from '../bench/lib/pinning.ts';
+import { allowedCpus, cpuSplit, parseCpuList, pinTrees } from '../bench/lib/pinning.ts';
 import { processTreePids } from '../bench/lib/stats.ts';
 import { eventually } from './helpers/wait.ts';
-
-const allowedCpus = async (pid: number): Promise<number[]> =>
-  parseCpuList(/^Cpus_allowed_list:\s*(.+)$/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '');
 
 test('CPU lists as the kernel writes them', () => {
   assert.deepEqual(parseCpuList('0'), [0]);
@@ -30,7 +26,7 @@ test('a process tree is pinned whole, children forked before and after alike', a
 
   const split = await cpuSplit();
   // Below two CPUs the bench runs unpinned and says why; pinning to the one CPU still works.
-  const target = typeof split === 'string' ? String((await allowedCpus(process.pid))[0]) : split.client;
+  const target = typeof split === 'string' ? String((await allowedCpus())[0]) : split.client;
   if (typeof split === 'string') assert.match(split, /CPU|taskset/);
   assert.equal(await pinTrees([pid, undefined], target), tree.length);
   for (const p of tree) assert.deepEqual(await allowedCpus(p), parseCpuList(target));

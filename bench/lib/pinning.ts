@@ -31,12 +31,17 @@ export function parseCpuList(list: string): number[] {
   return cpus;
 }
 
+/** The CPUs a process may run on (its affinity, from /proc). */
+export async function allowedCpus(pid: number | 'self' = 'self'): Promise<number[]> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return parseCpuList(/^Cpus_allowed_list:\s*(.+)$/m.exec(status)?.[1] ?? '');
+}
+
 /** The split of the CPUs this process may run on, or why there is none (fewer than 2 CPUs, no taskset). */
 export async function cpuSplit(): Promise<CpuSplit | string> {
   let allowed: number[];
   try {
-    const status = await readFile('/proc/self/status', 'utf8');
-    allowed = parseCpuList(/^Cpus_allowed_list:\s*(.+)$/m.exec(status)?.[1] ?? '');
+    allowed = await allowedCpus();
   } catch (e) {
     return `CPU affinity unreadable (${(e as Error).message})`;
   }

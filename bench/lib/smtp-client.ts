@@ -229,7 +229,7 @@ export function tlsHandshakeSession(o: TlsSessionOptions): Promise<void> {
     const socket = tls.connect({ host: o.host, port: o.port, secureContext: clientContext(o.cert, o.key), rejectUnauthorized: false });
     const timer = setTimeout(() => done(new Error(`handshake session timed out after ${o.timeoutMs} ms`)), o.timeoutMs);
     socket.once('secureConnect', () => {
-      if (socket.isSessionReused()) done(new Error(RESUMED));
+      if (socket.isSessionReused()) return done(new Error(RESUMED));
       secured = true;
     });
     socket.on('data', () => undefined);
