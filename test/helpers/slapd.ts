@@ -116,6 +116,12 @@ function slapdConf(dir: string, dataDir: string, tls: ServerCertificate | null, 
     `rootdn "${ROOT_DN}"`,
     `rootpw ${rootPassword}`,
     `directory ${dataDir}`,
+    // Equality indexes on what the queries of the tests, the demo and bench/smtp search by, as
+    // any directory in service has them: unindexed, every search reads every entry (bench/smtp's
+    // certificate query cost slapd ~0.2 ms per search at 72 entries and 1.4 ms at 2,000; indexed,
+    // 0.14 and 0.17 ms).
+    'index objectClass eq',
+    'index uid,mail,cn,caccn,cacserial eq',
     // Users may bind (and change their own password); nobody but the rootdn
     // (which bypasses ACLs) reads userPassword; anonymous may search the rest.
     'access to attrs=userPassword',
