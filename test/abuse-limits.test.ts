@@ -193,9 +193,10 @@ describe('authFailureThrottle across two workers (§2.4)', () => {
     // Another address with the same user is not throttled by the per-client count.
     const ok = await swaks(['--server', `127.0.0.1:${ports.limits}`, '--local-interface', '127.0.0.32', '--auth', 'PLAIN', '--auth-user', 'alice', '--auth-password', 'alice-pw', '--quit-after', 'AUTH']);
     assert.equal(ok.replyTo('AUTH')?.code, 235, ok.transcript);
-    const { items } = await sys.api.ok<{ items: Array<{ reason: string; reply: string; clientAddress: string; command: string }> }>('GET', '/v1/events?outcome=rejected&limit=200');
-    const throttled = items.filter((e) => e.reason === 'throttled' && e.clientAddress.endsWith(from));
-    assert.ok(throttled.length >= 2, JSON.stringify(items.slice(0, 5)));
+    type E = { reason: string; reply: string; clientAddress: string; command: string };
+    const isThrottled = (e: E) => e.reason === 'throttled' && e.clientAddress.endsWith(from);
+    const items = await sys.events<E>('outcome=rejected&limit=200', (list) => list.filter(isThrottled).length >= 2);
+    const throttled = items.filter(isThrottled);
     assert.equal(throttled[0]?.reply, '454 4.7.0 Too many authentication failures, try again later');
     assert.equal(throttled[0]?.command, 'AUTH');
     const metrics = await (await fetch(`http://127.0.0.1:${sys.workers[0]!.metricsPort}/metrics`)).text();

@@ -179,9 +179,8 @@ describe('a worker in front of such a directory', () => {
       assert.ok(bad.ms < TIMEOUT_MS + 1000, `454 after ${Math.round(bad.ms)} ms (timeoutMs ${TIMEOUT_MS})`);
       assert.ok(rssMax - rssBefore < 50, `worker RSS grew by ${(rssMax - rssBefore).toFixed(1)} MB (from ${rssBefore.toFixed(0)} MB)`);
 
-      const { items } = await sys.api.ok<{ items: Array<{ listener: string; command: string | null; reply: string | null; detail: string | null }> }>(
-        'GET', `/v1/events?listener=hostile&since=${encodeURIComponent(since)}`,
-      );
+      type E = { listener: string; command: string | null; reply: string | null; detail: string | null };
+      const items = await sys.events<E>(`listener=hostile&since=${encodeURIComponent(since)}`, (list) => list.some((e) => e.command === 'AUTH'));
       const event = items.find((e) => e.command === 'AUTH');
       assert.ok(event, JSON.stringify(items));
       assert.match(event.reply ?? '', /^454 4\.7\.0/);

@@ -56,11 +56,12 @@ function knownEntries(extra: Array<{ serial: string; revoked?: { reason?: string
   return [...good, { serial: certs.ocspRevoked!.serial, revoked: { reason: 'keyCompromise' } }, { serial: certs.jdoe!.serial }, { serial: certs.hop!.serial }, ...extra];
 }
 
+/** The STARTTLS event of `worker` since `since`, polled for: workers write events in the background. */
 async function startTlsEvent(since: string, worker = 0) {
-  const { items } = await sys.api.ok<{ items: Array<{ command: string; reason: string; detail: string | null; outcome: string; worker: string }> }>(
-    'GET', `/v1/events?since=${encodeURIComponent(since)}&limit=50`,
-  );
-  return items.find((e) => e.command === 'STARTTLS' && e.worker === `test-worker-${sys.workers[worker]!.offset}`);
+  type E = { command: string; reason: string; detail: string | null; outcome: string; worker: string };
+  const mine = (e: E) => e.command === 'STARTTLS' && e.worker === `test-worker-${sys.workers[worker]!.offset}`;
+  const items = await sys.events<E>(`since=${encodeURIComponent(since)}&limit=50`, (list) => list.some(mine));
+  return items.find(mine);
 }
 
 before(async () => {

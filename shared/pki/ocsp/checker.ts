@@ -106,6 +106,10 @@ function unavailable(problem: string): OcspResult {
   return { outcome: 'unavailable', problem };
 }
 
+function timedOut(settings: Pick<OcspCheckSettings, 'timeoutMs'>): OcspResult {
+  return unavailable(`no OCSP answer within ${settings.timeoutMs} ms`);
+}
+
 export class OcspChecker {
   private readonly memory = new Map<string, CachedOcspAnswer>();
   private readonly flights = new SingleFlight<OcspResult>();
@@ -143,7 +147,7 @@ export class OcspChecker {
     const responder = url;
     const shared = this.flights.run(`${ref.key} ${responder}`, () => this.ask(leaf, issuer, ref, responder, settings, deadline));
     const result = await byDeadline(shared, deadline);
-    return result === TIMEOUT ? unavailable(`no OCSP answer within ${settings.timeoutMs} ms`) : result;
+    return result === TIMEOUT ? timedOut(settings) : result;
   }
 
   /** Redis, another process's request, or the responder; by `deadline`. */
@@ -179,7 +183,8 @@ export class OcspChecker {
     } catch (e) {
       const kind = e instanceof OcspFetchError ? e.kind : 'network';
       this.o.observer?.request(kind);
-      return unavailable((e as Error).message);
+      // The fetch's timer and lookup's deadline end together; either way the event says the same.
+      return kind === 'timeout' ? timedOut(settings) : unavailable((e as Error).message);
     }
     let responderCas: X509Certificate[];
     try {
