@@ -197,6 +197,7 @@ describe('authFailureThrottle across two workers (§2.4)', () => {
     const isThrottled = (e: E) => e.reason === 'throttled' && e.clientAddress.endsWith(from);
     const items = await sys.events<E>('outcome=rejected&limit=200', (list) => list.filter(isThrottled).length >= 2);
     const throttled = items.filter(isThrottled);
+    assert.ok(throttled.length >= 2, JSON.stringify(items.slice(0, 5)));
     assert.equal(throttled[0]?.reply, '454 4.7.0 Too many authentication failures, try again later');
     assert.equal(throttled[0]?.command, 'AUTH');
     const metrics = await (await fetch(`http://127.0.0.1:${sys.workers[0]!.metricsPort}/metrics`)).text();

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
-import { Directory, type QueryInfo } from '../shared/directory/client.ts';
+import { Directory, handOverIndex, type Identity, type QueryInfo } from '../shared/directory/client.ts';
 import type { LdapProfile } from '../shared/config/schemas.ts';
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
@@ -124,6 +124,26 @@ const PEOPLE: PersonSpec[] = [
   { uid: 'nopass' },
   { uid: 'mutable', password: 'mutable-pw', caccn: 'MUTABLE', cacserial: '01' },
 ];
+
+describe('connection hand-over (handOverIndex)', () => {
+  const queue = (...spec: Array<[Identity, number]>) => spec.map(([prefer, passedOver]) => ({ prefer, passedOver }));
+  test('no waiter: none', () => assert.equal(handOverIndex([], 'service'), -1));
+  test('the head when it needs the identity, or when nobody within reach does', () => {
+    assert.equal(handOverIndex(queue(['service', 0], ['user', 0]), 'service'), 0);
+    assert.equal(handOverIndex(queue(['user', 0], ['user', 0]), 'service'), 0);
+    const far = queue(...Array.from({ length: 16 }, (): [Identity, number] => ['user', 0]), ['service', 0]);
+    assert.equal(handOverIndex(far, 'service'), 0, 'the 17th waiter is beyond the lookahead of 16');
+  });
+  test('else the first waiter within 16 that needs it', () => {
+    assert.equal(handOverIndex(queue(['user', 0], ['user', 0], ['service', 0], ['service', 0]), 'service'), 2);
+    const last = queue(...Array.from({ length: 15 }, (): [Identity, number] => ['user', 0]), ['service', 0]);
+    assert.equal(handOverIndex(last, 'service'), 15);
+  });
+  test('a head passed over 4 times is served whatever it needs', () => {
+    assert.equal(handOverIndex(queue(['user', 3], ['service', 0]), 'service'), 1);
+    assert.equal(handOverIndex(queue(['user', 4], ['service', 0]), 'service'), 0);
+  });
+});
 
 describe('Directory against a real slapd', () => {
   let slapd: Slapd;

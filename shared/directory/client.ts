@@ -281,7 +281,7 @@ class Operation {
 }
 
 /** Who a connection was last bound as: searches need `service`. */
-type Identity = 'service' | 'user' | 'none';
+export type Identity = 'service' | 'user' | 'none';
 
 interface Connection {
   client: Client;
@@ -414,7 +414,7 @@ class Connector {
   }
 }
 
-interface Waiter {
+export interface Waiter {
   /** The identity it needs: a connection last bound so spares it a bind. */
   prefer: Identity;
   /** How often a later waiter was served first (bounded by MAX_PASSED_OVER). */
@@ -424,20 +424,29 @@ interface Waiter {
   cancel(err: Error): void;
 }
 
-/**
- * A released connection goes to the first waiter (of the next LOOKAHEAD) that needs its identity,
- * saving a re-bind (under load, user binds and service searches otherwise swap identities on
- * every hand-over: 1.56 binds per SMTP AUTH instead of 1); a waiter is passed over at most
- * MAX_PASSED_OVER times, so none waits more than a few operations longer than in FIFO order.
- */
 const LOOKAHEAD = 16;
 const MAX_PASSED_OVER = 4;
+
+/**
+ * Which waiter (its index, -1 for none) a connection last bound as `identity` goes to: the first
+ * of the next LOOKAHEAD that needs that identity, saving a re-bind (under load, user binds and
+ * service searches otherwise swap identities on nearly every hand-over: 1.41-1.56 binds per
+ * SMTP AUTH instead of 1). The head is served anyway once passed over MAX_PASSED_OVER times, so
+ * no waiter waits more than a few operations longer than in FIFO order.
+ */
+export function handOverIndex(waiters: ReadonlyArray<Pick<Waiter, 'prefer' | 'passedOver'>>, identity: Identity): number {
+  const head = waiters[0];
+  if (!head) return -1;
+  if (head.prefer === identity || head.passedOver >= MAX_PASSED_OVER) return 0;
+  const i = waiters.slice(1, LOOKAHEAD).findIndex((w) => w.prefer === identity);
+  return i + 1;
+}
 
 /**
  * At most `max` connections (service and user binds together), opened on
  * demand. Callers beyond the bound queue for what is left of their
  * operation's time. A released connection goes to a waiter (nearly FIFO, see
- * LOOKAHEAD) or back to the idle list; a broken one is destroyed and its slot
+ * handOverIndex) or back to the idle list; a broken one is destroyed and its slot
  * handed to the next waiter, which opens a new connection.
  */
 class ConnectionPool {
@@ -523,17 +532,12 @@ class ConnectionPool {
     else this.idle.push(conn);
   }
 
-  /** Takes the waiter a connection last bound as `identity` goes to (see LOOKAHEAD). */
+  /** Takes the waiter a connection last bound as `identity` goes to (handOverIndex); those ahead of it were passed over. */
   private nextWaiter(identity: Identity): Waiter | undefined {
-    const head = this.waiters[0];
-    if (!head || head.prefer === identity || head.passedOver >= MAX_PASSED_OVER) return this.waiters.shift();
-    const limit = Math.min(this.waiters.length, LOOKAHEAD);
-    for (let i = 1; i < limit; i++) {
-      if ((this.waiters[i] as Waiter).prefer !== identity) continue;
-      for (let j = 0; j < i; j++) (this.waiters[j] as Waiter).passedOver++;
-      return this.waiters.splice(i, 1)[0];
-    }
-    return this.waiters.shift();
+    const i = handOverIndex(this.waiters, identity);
+    if (i < 0) return undefined;
+    for (const ahead of this.waiters.slice(0, i)) ahead.passedOver++;
+    return this.waiters.splice(i, 1)[0];
   }
 
   /** A slot from acquire() whose connection could not be opened. */
