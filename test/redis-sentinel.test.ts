@@ -4,13 +4,15 @@
 // within 20 s an API write reaches the worker, heartbeats and events are written and the
 // scheduler still downloads; a graceful switch back (the master demoted under the
 // connections: READONLY) is followed too. Settings that cannot work exit with one line.
+// A fake sentinel opens, on demand, the window in which ioredis gives a connection up.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
-import { redisSettings, RedisSettingsError } from '../shared/redis/connection.ts';
-import { startRedisHa, type TestRedisHa } from './helpers/redis.ts';
+import { redisConnector, redisSettings, RedisSettingsError } from '../shared/redis/connection.ts';
+import { startRedis, startRedisHa, type TestRedisHa } from './helpers/redis.ts';
+import { startFakeSentinel } from './helpers/fake-sentinel.ts';
 import { startSystem, type System } from './helpers/system.ts';
 import { startCrlServer, type CrlServer } from './helpers/crl-server.ts';
 import { greeting } from './helpers/smtp-probe.ts';
@@ -59,6 +61,52 @@ describe('redisSettings (pure)', () => {
     assert.match(reason({ REDIS_SENTINEL_PASSWORD: 'p' }), /REDIS_SENTINELS is not/);
     assert.match(reason({ REDIS_SENTINELS: 'a:99999', REDIS_SENTINEL_MASTER: 'm' }), /host:port/);
     assert.match(reason({ REDIS_SENTINELS: 'a:1,,b:2', REDIS_SENTINEL_MASTER: 'm' }), /host:port/);
+  });
+});
+
+describe('a connection ioredis gives up on is connected again', () => {
+  // ioredis ends a sentinel connection for good when its failover detector drops it while
+  // it is asking a sentinel for the master (a +switch-master during a reconnect, as after a
+  // kill -9 of the master). A fake sentinel makes that window wide and certain.
+  test('a +switch-master while the connection asks for the master: it comes back; one its owner closed stays closed', async (t) => {
+    const redis = await startRedis();
+    const sentinel = await startFakeSentinel({ name: 'm', host: '127.0.0.1', port: redis.port });
+    const warnings: string[] = [];
+    const logger = { debug: () => undefined, info: () => undefined, error: () => undefined, warn: (_: object, msg?: string) => void warnings.push(msg ?? '') };
+    const connector = redisConnector(redisSettings({ REDIS_SENTINELS: `127.0.0.1:${sentinel.port}`, REDIS_SENTINEL_MASTER: 'm' }), logger);
+    const conn = connector.connect('race');
+    const admin = new Redis({ port: redis.port });
+    t.after(async () => {
+      conn.disconnect();
+      admin.disconnect();
+      await sentinel.close();
+      await redis.stop();
+    });
+    let ends = 0;
+    conn.on('end', () => ends++);
+    assert.equal(await conn.ping(), 'PONG');
+    await eventually(() => sentinel.subscribers() === 1, 20_000, 'the failover detector to subscribe');
+
+    sentinel.hold();
+    await admin.call('CLIENT', 'KILL', 'ID', String(await conn.call('CLIENT', 'ID')));
+    await eventually(() => sentinel.held() === 1, 20_000, 'the reconnect to ask the sentinel for the master');
+    sentinel.switchMaster();
+    await eventually(() => sentinel.subscribers() === 0, 20_000, 'the failover detector to act (it drops its sentinel connections)');
+    sentinel.release();
+
+    await eventually(() => ends > 0, 20_000, 'ioredis to end the connection (the fault this guards against)');
+    await eventually(async () => conn.status === 'ready' && (await conn.ping()) === 'PONG', 20_000, 'the connection to come back');
+    assert.ok(warnings.some((w) => /ended by the client library/.test(w)), warnings.join('; '));
+
+    const copy = conn.duplicate();
+    assert.equal(copy.constructor, conn.constructor, 'duplicate() (BullMQ, the API) makes one that is connected again too');
+    copy.disconnect();
+    conn.disconnect();
+    await eventually(() => conn.status === 'end', 20_000, 'the owner\'s disconnect');
+    const endsAfterClose = ends;
+    await new Promise((r) => setTimeout(r, 1500)); // longer than the delay before connecting again
+    assert.equal(conn.status, 'end');
+    assert.equal(ends, endsAfterClose);
   });
 });
 

@@ -17,6 +17,8 @@
 //   sentinel announces a new master (+switch-master), even if the old one is still up;
 // - a connection that lands on a read-only replica (a write answered READONLY, as after
 //   a master was demoted under it) is re-established to the master and the write resent;
+// - a connection the client library gave up on by itself is connected again
+//   (`KeptRedis`); only its owner's quit or disconnect ends one;
 // - connection errors are logged once when they start and every 30 s while they last,
 //   not once per reconnect attempt, and recovery is logged.
 import { Redis, type RedisOptions } from 'ioredis';
@@ -114,11 +116,51 @@ export function redisConnector(settings: RedisSettings | string, logger: Minimal
   return {
     settings: s,
     connect(purpose, role = 'commands', extra = {}) {
-      const conn = new Redis({ ...s.base, ...roleOptions(role), connectionName: `certgate:${purpose}`, ...extra });
-      watchErrors(conn, purpose, logger);
-      return conn;
+      return new KeptRedis({ ...s.base, ...roleOptions(role), connectionName: `certgate:${purpose}`, ...extra }, purpose, logger);
     },
   };
+}
+
+/** How long an ended connection waits before connecting again: no busy loop if it ends again at once. */
+const CONNECT_AGAIN_MS = 500;
+
+/**
+ * A connection that is connected again when ioredis ends it by itself. ioredis 6 ends a
+ * sentinel connection for good (status `end`, every command "Connection is closed.")
+ * when its failover detector drops it during a reconnect, while it is asking a sentinel
+ * for the master: a +switch-master in that window, as after a kill -9 of the master, makes
+ * SentinelConnector.connect reject and Redis#_connect give up. Only the owner's quit() or
+ * disconnect() ends a KeptRedis; duplicate() (BullMQ's blocking connections, the API's
+ * subscriber) makes another KeptRedis, logged under the same purpose.
+ */
+class KeptRedis extends Redis {
+  private closedByOwner = false;
+
+  constructor(options: RedisOptions, private readonly purpose: string, private readonly logger: MinimalLogger) {
+    super({ ...options, replyMapping: 'legacy' }); // the replies every caller expects (ioredis's default)
+    watchErrors(this, purpose, logger);
+    this.on('end', () => {
+      if (this.closedByOwner) return;
+      logger.warn({ connection: purpose }, 'Redis connection ended by the client library; connecting again');
+      setTimeout(() => {
+        if (!this.closedByOwner && this.status === 'end') this.connect().catch(() => undefined); // errors reach the 'error' listener
+      }, CONNECT_AGAIN_MS).unref();
+    });
+  }
+
+  override disconnect(reconnect = false): void {
+    if (!reconnect) this.closedByOwner = true;
+    super.disconnect(reconnect);
+  }
+
+  override quit(callback?: Parameters<Redis['quit']>[0]): ReturnType<Redis['quit']> {
+    this.closedByOwner = true;
+    return super.quit(callback);
+  }
+
+  override duplicate(override?: Partial<RedisOptions>): Redis {
+    return new KeptRedis({ ...this.options, ...override }, this.purpose, this.logger);
+  }
 }
 
 function roleOptions(role: ConnectionRole): RedisOptions {
