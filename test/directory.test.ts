@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
-import { Directory, handOverIndex, type Identity, type QueryInfo } from '../shared/directory/client.ts';
+import { Directory, handOverIndex, userBindSlots, type Identity, type QueryInfo } from '../shared/directory/client.ts';
 import type { LdapProfile } from '../shared/config/schemas.ts';
 import { startSlapd, type Slapd } from './helpers/slapd.ts';
 import { peopleLdif, personDn, personLdif, type PersonSpec } from './helpers/people.ts';
@@ -142,6 +142,18 @@ describe('connection hand-over (handOverIndex)', () => {
   test('a head passed over 4 times is served whatever it needs', () => {
     assert.equal(handOverIndex(queue(['user', 3], ['service', 0]), 'service'), 1);
     assert.equal(handOverIndex(queue(['user', 4], ['service', 0]), 'service'), 0);
+  });
+});
+
+describe('connections kept for user binds (userBindSlots)', () => {
+  const bind = { name: 'a', query: '(uid={u})', method: 'bind' as const, passwordAttribute: 'userPassword', allowQuery: null, userIdAttribute: 'uid' };
+  test('a third of maxConnections, at least one, when the profile binds as users and has room for two pools', () => {
+    assert.deepEqual([2, 3, 4, 10, 100].map((maxConnections) => userBindSlots({ maxConnections, smtpAuthQuery: bind })), [1, 1, 1, 3, 33]);
+  });
+  test('none (one pool) with maxConnections 1, without user binds, or without SMTP AUTH', () => {
+    assert.equal(userBindSlots({ maxConnections: 1, smtpAuthQuery: bind }), 0);
+    assert.equal(userBindSlots({ maxConnections: 10, smtpAuthQuery: { ...bind, method: 'password-attribute' } }), 0);
+    assert.equal(userBindSlots({ maxConnections: 10, smtpAuthQuery: null }), 0);
   });
 });
 
@@ -618,7 +630,8 @@ describe('Directory against a real slapd', () => {
     test('never more than maxConnections service connections', async () => {
       const p = await proxy();
       p.delayMs = 20;
-      const d = directory({ hosts: [p.url], maxConnections: 2 });
+      // Without user binds every connection serves searches.
+      const d = directory({ hosts: [p.url], maxConnections: 2, ...withQuery('(uid={u})', 'password-attribute') });
       const users = ['alice', 'bob', 'carol', 'dave', 'erin'];
       const results = await Promise.all(Array.from({ length: 30 }, (_v, i) => d.checkAllowed(users[i % users.length] as string, new Date())));
       assert.deepEqual(
@@ -630,12 +643,9 @@ describe('Directory against a real slapd', () => {
       assert.equal(p.total, 2);
     });
 
-    test('a released connection goes to a waiter bound as it is: about one bind per login under load, everyone served', async () => {
-      const queries: QueryInfo[] = [];
-      const d = directory({ maxConnections: 4, timeoutMs: 20_000 }, queries);
+    /** 64 SMTP sessions at once, 30 times each: a login (a service search, then a user bind), the client's next command, the allowance search (service): far more callers than connections. Answers the binds. */
+    const logins = async (d: Directory, queries: QueryInfo[]): Promise<number> => {
       const pause = () => new Promise((r) => setTimeout(r, 2));
-      // 64 SMTP sessions at once, 30 times each: a login (a service search, then a user bind), the
-      // client's next command, the allowance search (service): far more callers than connections.
       const outcomes = new Map<string, number>();
       const count = (outcome: string) => outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
       await Promise.all(Array.from({ length: 64 }, async () => {
@@ -647,9 +657,25 @@ describe('Directory against a real slapd', () => {
         }
       }));
       assert.deepEqual(Object.fromEntries(outcomes), { authenticated: 1920, allowed: 1920 });
-      const binds = queries.filter((q) => q.kind === 'bind').length;
+      return queries.filter((q) => q.kind === 'bind').length;
+    };
+
+    test('under load: one bind per login, user binds on connections of their own, never more than maxConnections in all', async () => {
+      const p = await proxy();
+      const queries: QueryInfo[] = [];
+      const binds = await logins(directory({ hosts: [p.url], maxConnections: 4, timeoutMs: 20_000 }, queries), queries);
+      assert.equal(binds, 1920, 'no service re-binds (a service connection binds once, when it is opened: not a query)');
+      assert.ok(p.maxOpen <= 4, `${p.maxOpen} connections open at once`);
+      assert.equal(p.total, 4, 'three service connections and one for user binds, kept open and reused');
+    });
+
+    test('one connection for both (maxConnections 1): it goes to a waiter bound as it is, about one bind per login, everyone served', async () => {
+      const p = await proxy();
+      const queries: QueryInfo[] = [];
+      const binds = await logins(directory({ hosts: [p.url], maxConnections: 1, timeoutMs: 30_000 }, queries), queries);
       // Handed over in FIFO order, about half the logins also cost a service re-bind (1.5 binds each); here about 1.1.
       assert.ok(binds / 1920 < 1.3, `${(binds / 1920).toFixed(2)} binds per login`);
+      assert.equal(p.total, 1);
     });
 
     test('callers wait in a queue within timeoutMs, which bounds waiting and searching together', async () => {

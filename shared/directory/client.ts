@@ -16,10 +16,13 @@
  *   destroyed); a search reads at most two entries and 1 MiB of answer,
  *   counted as the bytes arrive (answer-meter.ts), whatever `sizeLimit` the
  *   server honours; at most `maxConnections` connections are open.
- * - One pool for service searches and user binds. A connection remembers the
- *   identity it was last bound as: a search runs only on a connection bound
- *   as the profile's service identity (a connection last used for a user bind
- *   is re-bound first), so a user's identity never serves a search.
+ * - User binds have connections of their own within `maxConnections` (a third
+ *   of them, see userBindSlots) when the profile binds as users, so that the
+ *   service connections never need re-binding; with maxConnections 1 one pool
+ *   serves both. A connection remembers the identity it was last bound as: a
+ *   search runs only on a connection bound as the profile's service identity
+ *   (a shared connection last used for a user bind is re-bound first), so a
+ *   user's identity never serves a search.
  * - Every token is escaped (see filter.ts); filters are parsed by our own
  *   RFC 4515 parser and sent as octets (ldapts' own parser would re-encode
  *   `\c3\bc` as two characters and non-ASCII values would never match).
@@ -429,9 +432,9 @@ const MAX_PASSED_OVER = 4;
 
 /**
  * Which waiter (its index, -1 for none) a connection last bound as `identity` goes to: the first
- * of the next LOOKAHEAD that needs that identity, saving a re-bind (under load, user binds and
- * service searches otherwise swap identities on nearly every hand-over: 1.41-1.56 binds per
- * SMTP AUTH instead of 1). The head is served anyway once passed over MAX_PASSED_OVER times, so
+ * of the next LOOKAHEAD that needs that identity, saving a re-bind. It matters where user binds
+ * and service searches share connections (userBindSlots 0: maxConnections 1), which otherwise
+ * swap identities on nearly every hand-over under load. The head is served anyway once passed over MAX_PASSED_OVER times, so
  * no waiter waits more than a few operations longer than in FIFO order.
  */
 export function handOverIndex(waiters: ReadonlyArray<Pick<Waiter, 'prefer' | 'passedOver'>>, identity: Identity): number {
@@ -443,8 +446,21 @@ export function handOverIndex(waiters: ReadonlyArray<Pick<Waiter, 'prefer' | 'pa
 }
 
 /**
- * At most `max` connections (service and user binds together), opened on
- * demand. Callers beyond the bound queue for what is left of their
+ * How many of a profile's `maxConnections` are kept for user binds: a third (at
+ * least one) when it binds as users (`smtpAuthQuery.method` `bind`) and has room for
+ * two pools, else 0 (one pool for everything). An SMTP AUTH login is a service
+ * search, a user bind and a service search (the allowance); in one shared pool
+ * under load, a service search often gets a connection a user bind left and must
+ * re-bind it first: 1.4-1.5 binds per login in bench/smtp, against 1 with the
+ * pools apart. Pure.
+ */
+export function userBindSlots(profile: Pick<LdapProfile, 'maxConnections' | 'smtpAuthQuery'>): number {
+  if (profile.smtpAuthQuery?.method !== 'bind' || profile.maxConnections < 2) return 0;
+  return Math.max(1, Math.round(profile.maxConnections / 3));
+}
+
+/**
+ * At most `max` connections, opened on demand. Callers beyond the bound queue for what is left of their
  * operation's time. A released connection goes to a waiter (nearly FIFO, see
  * handOverIndex) or back to the idle list; a broken one is destroyed and its slot
  * handed to the next waiter, which opens a new connection.
@@ -456,7 +472,8 @@ class ConnectionPool {
   private size = 0;
   private closed = false;
 
-  constructor(private readonly max: number) {}
+  /** `bound`: what limits it, for the error a waiter gets (`maxConnections 10`). */
+  constructor(private readonly max: number, private readonly bound: string) {}
 
   /**
    * An idle connection last bound as `prefer`; else a slot for a new one
@@ -481,7 +498,7 @@ class ConnectionPool {
       const timer = setTimeout(() => {
         const i = this.waiters.indexOf(waiter);
         if (i >= 0) this.waiters.splice(i, 1);
-        reject(new DirectoryUnavailableError(`no free LDAP connection within timeoutMs (${op.timeoutMs} ms, maxConnections ${this.max})`));
+        reject(new DirectoryUnavailableError(`no free LDAP connection within timeoutMs (${op.timeoutMs} ms, ${this.bound})`));
       }, op.remaining());
       const waiter: Waiter = {
         prefer,
@@ -622,7 +639,10 @@ export class Directory {
   /** Every connection open or being opened, destroyed by close(). */
   private readonly opened = new Set<Connection>();
   private readonly connector: Connector;
+  /** Service searches, and user binds too when userBindSlots() is 0. */
   private readonly pool: ConnectionPool;
+  /** User binds: `pool` itself, or a pool of their own. */
+  private readonly userPool: ConnectionPool;
   private readonly cache: SearchCache;
   /** Why the profile is unusable (no hosts, non-LDAP URL, bad numbers), or null. */
   private readonly configError: string | null;
@@ -638,7 +658,10 @@ export class Directory {
     this.onQuery = opts.onQuery;
     this.onUnavailable = opts.onUnavailable;
     this.connector = new Connector(profile, this.opened);
-    this.pool = new ConnectionPool(profile.maxConnections);
+    const userSlots = userBindSlots(profile);
+    const bound = `maxConnections ${profile.maxConnections}${userSlots ? `, ${userSlots} of them for user binds` : ''}`;
+    this.pool = new ConnectionPool(profile.maxConnections - userSlots, bound);
+    this.userPool = userSlots ? new ConnectionPool(userSlots, bound) : this.pool;
     this.cache = new SearchCache(profile.cacheTtlSeconds * 1000);
   }
 
@@ -730,6 +753,7 @@ export class Directory {
     this.cache.clear();
     for (const conn of this.opened) conn.destroy();
     await this.pool.close();
+    if (this.userPool !== this.pool) await this.userPool.close();
   }
 
   // -- internals ------------------------------------------------------------
@@ -915,13 +939,13 @@ export class Directory {
           refused = `bind refused: ${name}${words ? ` (${words})` : ''}`;
         }
       };
-      const idle = await this.pool.acquire(op, 'user');
+      const idle = await this.userPool.acquire(op, 'user');
       let conn: Connection;
       if (!idle) {
         try {
           conn = await this.connector.open(op, 'user', bindAsUser, (startedAt, err) => this.report('bind', startedAt, err === null || !isTransportError(err)));
         } catch (err) {
-          this.pool.abandon();
+          this.userPool.abandon();
           if (err instanceof DirectoryUnavailableError) throw err;
           throw new DirectoryUnavailableError(`bind failed: ${describe(err)}`);
         }
@@ -937,7 +961,7 @@ export class Directory {
         } catch (err) {
           this.report('bind', startedAt, false);
           op.letGo(conn);
-          this.pool.release(conn, false);
+          this.userPool.release(conn, false);
           if (conn.meter.violation) throw new DirectoryUnavailableError(conn.meter.violation);
           op.check();
           if (attempt === 0 && isTransportError(err)) continue;
@@ -945,7 +969,7 @@ export class Directory {
         }
       }
       op.letGo(conn);
-      this.pool.release(conn, true);
+      this.userPool.release(conn, true);
       return refused;
     }
   }
