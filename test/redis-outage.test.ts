@@ -60,6 +60,39 @@ describe('EventRecorder on a real Redis', () => {
     }
   });
 
+  test('a lone event is one plain XADD; refused, it stays pending and is written on a retry', async () => {
+    const r = await startRedis();
+    const conn = new Redis(r.url);
+    try {
+      let pipelines = 0;
+      const pipeline = conn.pipeline.bind(conn);
+      conn.pipeline = ((...a: Parameters<typeof pipeline>) => {
+        pipelines++;
+        return pipeline(...a);
+      }) as typeof conn.pipeline;
+      const errors: string[] = [];
+      const recorder = new EventRecorder({ redis: conn, retryMs: 100, onError: (err) => errors.push(err.message) });
+      recorder.record(event(0));
+      assert.equal(await recorder.drain(10_000), 0);
+      assert.equal(pipelines, 0);
+      // The stream's key holding a string: Redis refuses the XADD (WRONGTYPE).
+      await conn.rename(keys.events, 'saved-events');
+      await conn.set(keys.events, 'not a stream');
+      recorder.record(event(1));
+      await eventually(() => errors.length > 0, 10_000, 'the refusal');
+      assert.match(errors[0] as string, /WRONGTYPE/);
+      assert.equal(recorder.size, 1, 'kept');
+      await conn.del(keys.events);
+      assert.equal(await recorder.drain(10_000), 0);
+      const [[, [, written]]] = await conn.xrange(keys.events, '-', '+') as Array<[string, string[]]>;
+      assert.equal(JSON.parse(written as string).sessionId, 's1');
+      assert.equal(pipelines, 0);
+    } finally {
+      conn.disconnect();
+      await r.stop();
+    }
+  });
+
   test('while Redis is away: up to 10,000 kept and written when it is back, the rest counted as dropped', async () => {
     const r = await startRedis();
     const conn = new Redis(r.url, { maxRetriesPerRequest: 1, retryStrategy: () => 100 });

