@@ -434,8 +434,9 @@ const MAX_PASSED_OVER = 4;
  * Which waiter (its index, -1 for none) a connection last bound as `identity` goes to: the first
  * of the next LOOKAHEAD that needs that identity, saving a re-bind. It matters where user binds
  * and service searches share connections (userBindSlots 0: maxConnections 1), which otherwise
- * swap identities on nearly every hand-over under load. The head is served anyway once passed over MAX_PASSED_OVER times, so
- * no waiter waits more than a few operations longer than in FIFO order.
+ * swap identities on nearly every hand-over under load. The head is served anyway once passed
+ * over MAX_PASSED_OVER times, so no waiter waits more than a few operations longer than in FIFO
+ * order.
  */
 export function handOverIndex(waiters: ReadonlyArray<Pick<Waiter, 'prefer' | 'passedOver'>>, identity: Identity): number {
   const head = waiters[0];
@@ -460,8 +461,8 @@ export function userBindSlots(profile: Pick<LdapProfile, 'maxConnections' | 'smt
 }
 
 /**
- * At most `max` connections, opened on demand. Callers beyond the bound queue for what is left of their
- * operation's time. A released connection goes to a waiter (nearly FIFO, see
+ * At most `max` connections, opened on demand. Callers beyond the bound
+ * queue for what is left of their operation's time. A released connection goes to a waiter (nearly FIFO, see
  * handOverIndex) or back to the idle list; a broken one is destroyed and its slot
  * handed to the next waiter, which opens a new connection.
  */
