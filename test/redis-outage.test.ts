@@ -39,7 +39,8 @@ describe('EventRecorder on a real Redis', () => {
     method: 'none', user: null, outcome: 'accepted', reason: 'relayed', detail: null, command: 'DATA', reply: '250 2.0.0 relayed', envelope: null,
   });
 
-  test('events of one turn share a pipeline; none is lost', async () => {
+  /** Runs `task` with a connection to a fresh Redis whose pipelines are counted. */
+  const withCountedPipelines = async (task: (conn: Redis, pipelines: () => number) => Promise<void>): Promise<void> => {
     const r = await startRedis();
     const conn = new Redis(r.url);
     try {
@@ -49,34 +50,31 @@ describe('EventRecorder on a real Redis', () => {
         pipelines++;
         return pipeline(...a);
       }) as typeof conn.pipeline;
-      const recorder = new EventRecorder({ redis: conn });
-      for (let i = 0; i < 2000; i++) recorder.record(event(i));
-      assert.equal(await recorder.drain(10_000), 0);
-      assert.equal(await conn.xlen(keys.events), 2000);
-      assert.ok(pipelines <= 4, `${pipelines} pipelines for 2000 events (500 each)`);
+      await task(conn, () => pipelines);
     } finally {
       conn.disconnect();
       await r.stop();
     }
-  });
+  };
 
-  test('a lone event is one plain XADD; refused, it stays pending and is written on a retry', async () => {
-    const r = await startRedis();
-    const conn = new Redis(r.url);
-    try {
-      let pipelines = 0;
-      const pipeline = conn.pipeline.bind(conn);
-      conn.pipeline = ((...a: Parameters<typeof pipeline>) => {
-        pipelines++;
-        return pipeline(...a);
-      }) as typeof conn.pipeline;
+  test('events of one turn share a pipeline; none is lost', () =>
+    withCountedPipelines(async (conn, pipelines) => {
+      const recorder = new EventRecorder({ redis: conn });
+      for (let i = 0; i < 2000; i++) recorder.record(event(i));
+      assert.equal(await recorder.drain(10_000), 0);
+      assert.equal(await conn.xlen(keys.events), 2000);
+      assert.ok(pipelines() <= 4, `${pipelines()} pipelines for 2000 events (500 each)`);
+    }));
+
+  test('a lone event is one plain XADD; refused, it stays pending and is written on a retry', () =>
+    withCountedPipelines(async (conn, pipelines) => {
       const errors: string[] = [];
       const recorder = new EventRecorder({ redis: conn, retryMs: 100, onError: (err) => errors.push(err.message) });
       recorder.record(event(0));
       assert.equal(await recorder.drain(10_000), 0);
-      assert.equal(pipelines, 0);
+      assert.equal(pipelines(), 0);
       // The stream's key holding a string: Redis refuses the XADD (WRONGTYPE).
-      await conn.rename(keys.events, 'saved-events');
+      await conn.del(keys.events);
       await conn.set(keys.events, 'not a stream');
       recorder.record(event(1));
       await eventually(() => errors.length > 0, 10_000, 'the refusal');
@@ -86,12 +84,8 @@ describe('EventRecorder on a real Redis', () => {
       assert.equal(await recorder.drain(10_000), 0);
       const [[, [, written]]] = await conn.xrange(keys.events, '-', '+') as Array<[string, string[]]>;
       assert.equal(JSON.parse(written as string).sessionId, 's1');
-      assert.equal(pipelines, 0);
-    } finally {
-      conn.disconnect();
-      await r.stop();
-    }
-  });
+      assert.equal(pipelines(), 0);
+    }));
 
   test('while Redis is away: up to 10,000 kept and written when it is back, the rest counted as dropped', async () => {
     const r = await startRedis();
