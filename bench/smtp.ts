@@ -5,7 +5,7 @@
  *                         [--rounds 3] [--warmup 6] [--first-warmup 20] [--client-key rsa|ec] [--users 64]
  *                         [--greeting-delay off|sink-off|on] [--postfix on|off] [--ocsp off|on]
  *                         [--ocsp-clients 2] [--processes n] [--directory-cache 0] [--pin auto|on|off]
- *                         [--profile] [--help]
+ *                         [--profile] [--profile-dir dir] [--help]
  *
  * Scenarios (SPEC §3, §4):
  * - auth: each session = new TCP connection + EHLO + STARTTLS + EHLO + AUTH PLAIN (an LDAP
@@ -74,12 +74,13 @@
  * runs warm). --warmup is that of the later rounds.
  * --profile runs the worker and the reference process under V8's sampling profiler (the
  * inspector, started by a preload module) and prints where their CPU went, per session (the
- * rates of that run are perturbed by the profiler).
+ * rates of that run are perturbed by the profiler). --profile-dir dir (implies --profile) writes
+ * the .cpuprofile files there and keeps them (for Chrome DevTools, or a closer look by area).
  */
 import type { ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startSystem, type System } from '../test/helpers/system.ts';
 import { peopleLdif, type PersonSpec } from '../test/helpers/people.ts';
@@ -118,6 +119,7 @@ const { values: argv } = parseArgs({
     'client-key': { type: 'string', default: 'rsa' },
     users: { type: 'string', default: '64' },
     profile: { type: 'boolean', default: false },
+    'profile-dir': { type: 'string' },
     'greeting-delay': { type: 'string', default: 'off' },
     postfix: { type: 'string', default: 'on' },
     ocsp: { type: 'string', default: 'off' },
@@ -446,10 +448,10 @@ async function main(): Promise<void> {
   const plannedS = scenarios.reduce((a, s) => a + perScenarioRuns[s] * (rounds * (warmup + seconds + 0.5) + firstWarmup - warmup), 0);
   console.log(`certgate SMTP bench: scenarios ${scenarios.join(', ')}, ${clients} clients, ${rounds} rounds × ${seconds} s (+${warmup} s warm-up, ${firstWarmup} s in a target's first round), ` +
     `client keys ${keyType.toUpperCase()}, smtp-server greeting delay ${greetingDelay}` +
-    `${directoryCache ? `, LDAP cacheTtlSeconds ${directoryCache} (not the targets' setting: SPEC's default is 0)` : ''}; about ${Math.round(plannedS + 15)} s in all${argv.profile ? '; worker and references profiled' : ''}`);
+    `${directoryCache ? `, LDAP cacheTtlSeconds ${directoryCache} (not the targets' setting: SPEC's default is 0)` : ''}; about ${Math.round(plannedS + 15)} s in all${argv.profile || argv['profile-dir'] ? '; worker and references profiled' : ''}`);
 
   const workDir = await mkdtemp(join(tmpdir(), 'certgate-bench-'));
-  const profileDir = argv.profile ? join(workDir, 'profiles') : null;
+  const profileDir = argv['profile-dir'] ? resolve(argv['profile-dir']) : argv.profile ? join(workDir, 'profiles') : null;
   /** NODE_OPTIONS preloads for certgate's worker and the reference process. */
   const preloads = { worker: [] as string[], reference: [] as string[] };
   if (greetingDelay !== 'on') removeGreetingDelay(); // the sink lives in this process

@@ -66,6 +66,20 @@ describe('EventRecorder on a real Redis', () => {
       assert.ok(pipelines() <= 4, `${pipelines()} pipelines for 2000 events (500 each)`);
     }));
 
+  test('the first event is written at once; what follows within lingerMs waits and shares one write', () =>
+    withCountedPipelines(async (conn, pipelines) => {
+      const recorder = new EventRecorder({ redis: conn, lingerMs: 2000 });
+      recorder.record(event(0));
+      assert.equal(await recorder.drain(10_000), 0, 'an idle recorder writes at once');
+      const firstWritten = performance.now();
+      for (let i = 1; i <= 3; i++) recorder.record(event(i));
+      assert.equal(await recorder.drain(300), 3, 'held: a write started less than lingerMs ago');
+      assert.equal(await recorder.drain(10_000), 0);
+      assert.ok(performance.now() - firstWritten >= 1900, 'not before lingerMs');
+      assert.equal(pipelines(), 1, 'the three in one pipeline');
+      assert.equal(await conn.xlen(keys.events), 4);
+    }));
+
   test('a lone event is one plain XADD; refused, it stays pending and is written on a retry', () =>
     withCountedPipelines(async (conn, pipelines) => {
       const errors: string[] = [];

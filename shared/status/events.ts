@@ -3,8 +3,8 @@
 //
 // Workers write through an EventRecorder (SPEC §1 "Redis unreachable"): events wait in
 // memory, up to 10,000, and go to Redis in batches (one XADD, or a pipeline of them, per round trip,
-// however many sessions ended meanwhile); when Redis is unreachable they wait until it is
-// back, and what does not fit is counted as dropped. Delivery is at least once: a batch
+// however many sessions ended meanwhile; under load at most one write per `lingerMs`); when Redis
+// is unreachable they wait until it is back, and what does not fit is counted as dropped. Delivery is at least once: a batch
 // whose answer was lost with its connection is written again (ioredis resends it), so
 // a crash of Redis itself mid-batch may duplicate an event, never lose one that fitted.
 // Stream ids are the time of writing: events kept through an outage are listed where
@@ -38,6 +38,12 @@ export interface EventRecorderOptions {
   maxPending?: number;
   /** Events per pipeline (default 500). */
   batch?: number;
+  /**
+   * A write starts at least this long after the one before (default 10 ms): an idle gateway
+   * writes an event at once, a busy one writes every 10 ms what its sessions recorded meanwhile
+   * in one pipeline, instead of one XADD per event as sessions end a few ms apart.
+   */
+  lingerMs?: number;
   /** Delay before a failed batch is tried again (default 1 s). */
   retryMs?: number;
   /** An event that did not fit. */
@@ -54,11 +60,14 @@ export class EventRecorder {
   private retry: NodeJS.Timeout | null = null;
   private readonly max: number;
   private readonly batch: number;
+  private readonly lingerMs: number;
+  private lastWriteAt = -Infinity;
   private readonly idle = new Set<() => void>();
 
   constructor(private readonly o: EventRecorderOptions) {
     this.max = o.maxPending ?? 10_000;
     this.batch = o.batch ?? 500;
+    this.lingerMs = o.lingerMs ?? 10;
     o.redis.on('ready', () => this.kick());
   }
 
@@ -67,7 +76,7 @@ export class EventRecorder {
     return this.pending.length + this.inFlight;
   }
 
-  /** Queues one event; written within one round trip when Redis answers. */
+  /** Queues one event; written within `lingerMs` and one round trip when Redis answers. */
   record(e: NewSessionEvent): void {
     if (this.size >= this.max) {
       this.o.onDropped?.();
@@ -94,11 +103,14 @@ export class EventRecorder {
   private kick(): void {
     if (this.scheduled || this.writing || this.retry || this.pending.length === 0) return;
     this.scheduled = true;
-    // After the current turn, so that the events of sessions ending together share a batch.
-    setImmediate(() => {
+    const start = (): void => {
       this.scheduled = false;
       void this.write();
-    });
+    };
+    // At the earliest after the current turn, so that the events of sessions ending together share a batch.
+    const wait = this.lastWriteAt + this.lingerMs - performance.now();
+    if (wait > 0) setTimeout(start, wait);
+    else setImmediate(start);
   }
 
   /** A lone event as a plain XADD: 12-40 µs of CPU less than a pipeline of one. Answers like a pipeline's result. */
@@ -116,6 +128,7 @@ export class EventRecorder {
     if (this.writing || this.pending.length === 0) return;
     if (this.o.redis.status !== 'ready') return; // the connection's `ready` kicks again
     this.writing = true;
+    this.lastWriteAt = performance.now();
     const events = this.pending.splice(0, this.batch);
     this.inFlight = events.length;
     const failed: string[] = [];
@@ -138,7 +151,7 @@ export class EventRecorder {
       }, this.o.retryMs ?? 1000);
       this.retry.unref();
     } else if (this.pending.length) {
-      void this.write();
+      this.kick();
     } else {
       for (const done of this.idle) done();
     }
