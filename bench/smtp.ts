@@ -452,8 +452,12 @@ async function main(): Promise<void> {
 
   const workDir = await mkdtemp(join(tmpdir(), 'certgate-bench-'));
   const profileDir = argv['profile-dir'] ? resolve(argv['profile-dir']) : argv.profile ? join(workDir, 'profiles') : null;
-  /** NODE_OPTIONS preloads for certgate's worker and the reference process. */
-  const preloads = { worker: [] as string[], reference: [] as string[] };
+  /**
+   * NODE_OPTIONS for certgate's worker and the reference process: the caller's own (such as
+   * --perf-basic-prof, for `perf record` on the serving CPU) and the preloads below.
+   */
+  const inherited = process.env.NODE_OPTIONS ? [process.env.NODE_OPTIONS] : [];
+  const preloads = { worker: [...inherited], reference: [...inherited] };
   if (greetingDelay !== 'on') removeGreetingDelay(); // the sink lives in this process
   if (greetingDelay === 'off') {
     const file = join(workDir, 'no-greeting-delay.mjs');

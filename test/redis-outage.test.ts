@@ -66,9 +66,9 @@ describe('EventRecorder on a real Redis', () => {
       assert.ok(pipelines() <= 4, `${pipelines()} pipelines for 2000 events (500 each)`);
     }));
 
-  test('the first event is written at once; what follows within lingerMs waits and shares one write', () =>
+  test('busy, the first event is written at once; what follows within lingerMs waits and shares one write', () =>
     withCountedPipelines(async (conn, pipelines) => {
-      const recorder = new EventRecorder({ redis: conn, lingerMs: 2000 });
+      const recorder = new EventRecorder({ redis: conn, lingerMs: 2000, busyEvents: 1 });
       recorder.record(event(0));
       assert.equal(await recorder.drain(10_000), 0, 'an idle recorder writes at once');
       const firstWritten = performance.now();
@@ -78,6 +78,16 @@ describe('EventRecorder on a real Redis', () => {
       assert.ok(performance.now() - firstWritten >= 1900, 'not before lingerMs');
       assert.equal(pipelines(), 1, 'the three in one pipeline');
       assert.equal(await conn.xlen(keys.events), 4);
+    }));
+
+  test('below busyEvents every event is written at once, however recent the write before', () =>
+    withCountedPipelines(async (conn) => {
+      const recorder = new EventRecorder({ redis: conn, lingerMs: 60_000, busyEvents: 32 });
+      for (let i = 0; i < 5; i++) {
+        recorder.record(event(i));
+        assert.equal(await recorder.drain(10_000), 0, `event ${i} written without waiting for lingerMs`);
+      }
+      assert.equal(await conn.xlen(keys.events), 5);
     }));
 
   test('a lone event is one plain XADD; refused, it stays pending and is written on a retry', () =>

@@ -31,7 +31,6 @@
 // `_onError`, `_onClientConnect` and its `connection` listener. package.json pins
 // smtp-server to the exact version these were read from, and test/smtp-adapter.test.ts fails
 // loudly if one of them changes.
-import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -45,6 +44,7 @@ import { proxiedClient, type ProxyEndpoint } from './proxy-protocol.ts';
 import { ProxyHeaderError, readProxyHeader, type ProxyFailure } from './proxy-socket.ts';
 import { listenerAdmission, REFUSED_SESSION_SILENCE_MS } from '../../shared/policy/limits.ts';
 import { closeGracefully } from '../../shared/util/sockets.ts';
+import { randomId } from '../../shared/util/random-id.ts';
 
 /** The message's envelope as smtp-server collected it, at the end of DATA. */
 export interface Envelope {
@@ -417,7 +417,7 @@ export class GatewayServer extends SMTPServer {
   /** The client is known: its session (policy chosen once), then TLS if implicit, then SMTP. */
   private begin(socket: net.Socket, release: () => void, client: ProxyEndpoint): void {
     const implicitTls = Boolean(this.options.secure);
-    const id = randomBytes(8).toString('hex');
+    const id = randomId();
     const controller = this.createSession({ id, clientAddress: client.address });
     const options = { id, remoteAddress: client.address, remotePort: client.port };
     if (!implicitTls) {

@@ -1,11 +1,11 @@
 // An SMTP server for one listener: smtp-server's options for it, the factory of its sessions,
 // and what becomes of a connection refused before it was one (PROXY protocol).
-import { randomBytes } from 'node:crypto';
 import { SERVER_SECURE_OPTIONS } from '../../shared/pki/verify.ts';
 import type { Listener, NewSessionEvent } from '../../shared/config/schemas.ts';
 import { GatewayServer, type RefusedConnection } from './adapter.ts';
 import type { ListenerRuntime } from './runtime.ts';
 import { Session, type SessionDeps } from './session.ts';
+import { randomId } from '../../shared/util/random-id.ts';
 
 export interface ListenerServerHooks {
   /** The listener's current runtime; new sessions take the one in force when they connect. */
@@ -77,7 +77,7 @@ function refusedEvent(deps: SessionDeps, listener: string, connection: RefusedCo
     time: deps.now().toISOString(),
     worker: deps.workerId,
     listener,
-    sessionId: randomBytes(8).toString('hex'),
+    sessionId: randomId(),
     clientAddress: connection.peerAddress,
     tlsVersion: null,
     certificate: null,

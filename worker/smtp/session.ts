@@ -2,7 +2,7 @@
 // shared/policy/rules.ts what to reply, applies it, and records events. No rule is decided
 // here. The adapter (adapter.ts) calls the SessionController methods below in the order a
 // connection meets them; ARCHITECTURE.md lists which rule each one applies.
-import { randomBytes, type X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
@@ -26,6 +26,7 @@ import type { AcceptedConnection, Challenge, Envelope, SessionController } from 
 import type { ListenerRuntime } from './runtime.ts';
 import type { NextHopTarget, RelayResult } from '../relay/next-hop.ts';
 import { receivedHeader } from './received.ts';
+import { randomId } from '../../shared/util/random-id.ts';
 
 /** The directory operations a session needs (shared/directory/client.ts implements them). */
 export interface DirectoryPort {
@@ -315,7 +316,7 @@ export class Session implements SessionController {
   /** onData: relay to the next hop, answering what it answered (rule 8). */
   async data(message: Readable, envelope: Envelope): Promise<Reply> {
     const { from, to } = envelope;
-    const id = randomBytes(8).toString('hex');
+    const id = randomId();
     const prefix = Buffer.from(receivedHeader({
       helo: envelope.helo,
       // Reverse DNS is off (no DNS delay per session): the header says `unknown`.
