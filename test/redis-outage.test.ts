@@ -7,7 +7,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
-import { EventRecorder } from '../shared/status/events.ts';
+import { EventRecorder, RecentEvents } from '../shared/status/events.ts';
 import { configurationAdmission, UNAVAILABLE } from '../shared/policy/admission.ts';
 import { keys } from '../shared/redis/keys.ts';
 import type { NewSessionEvent } from '../shared/config/schemas.ts';
@@ -30,6 +30,23 @@ describe('configurationAdmission (pure)', () => {
     assert.deepEqual(configurationAdmission(5.01, 5), UNAVAILABLE);
     assert.deepEqual(configurationAdmission(null, 5), UNAVAILABLE);
     assert.deepEqual(UNAVAILABLE, { code: 421, text: '4.3.0 Service temporarily unavailable' });
+  });
+});
+
+describe('RecentEvents (pure): what tells the EventRecorder it is busy', () => {
+  test('counts the current 100 ms window and the one just before; an older window counts nothing', () => {
+    const recent = new RecentEvents();
+    assert.equal(recent.peak, 0);
+    for (const t of [0, 10, 99]) recent.add(t);
+    assert.equal(recent.peak, 3, 'one window');
+    recent.add(150); // a new window; the one before held 3
+    assert.equal(recent.peak, 3);
+    recent.add(260); // a new window again; the one before held 1
+    assert.equal(recent.peak, 1);
+    recent.add(600); // 340 ms later: the window before is not the last one
+    assert.equal(recent.peak, 1);
+    for (let t = 601; t < 640; t++) recent.add(t);
+    assert.equal(recent.peak, 40);
   });
 });
 

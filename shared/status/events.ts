@@ -4,9 +4,10 @@
 // Workers write through an EventRecorder (SPEC §1 "Redis unreachable"): events wait in
 // memory, up to 10,000, and go to Redis in batches (one XADD, or a pipeline of them, per round trip,
 // however many sessions ended meanwhile; at a rate no single client makes, at most one write per
-// `lingerMs`); when Redis is unreachable they wait until it is back, and what does not fit is counted as dropped. Delivery is at least once: a batch
-// whose answer was lost with its connection is written again (ioredis resends it), so
-// a crash of Redis itself mid-batch may duplicate an event, never lose one that fitted.
+// `lingerMs`); when Redis is unreachable they wait until it is back, and what does not fit is
+// counted as dropped. Delivery is at least once: a batch whose answer was lost with its
+// connection is written again (ioredis resends it), so a crash of Redis itself mid-batch may
+// duplicate an event, never lose one that fitted.
 // Stream ids are the time of writing: events kept through an outage are listed where
 // they were written, each with its own `time`.
 import type { Redis } from 'ioredis';
@@ -22,6 +23,28 @@ const MAX_SCANNED = 20_000;
 const BATCH = 500;
 /** The window in which the recorder counts events to tell whether it is busy. */
 const WINDOW_MS = 100;
+
+/** Events recorded in the current 100 ms window and in the one before it. */
+export class RecentEvents {
+  private start = -Infinity;
+  private count = 0;
+  private before = 0;
+
+  add(now: number): void {
+    const elapsed = now - this.start;
+    if (elapsed >= WINDOW_MS) {
+      this.before = elapsed < 2 * WINDOW_MS ? this.count : 0; // an older window is not the one before
+      this.start = now;
+      this.count = 0;
+    }
+    this.count++;
+  }
+
+  /** The larger of the two windows' counts. */
+  get peak(): number {
+    return Math.max(this.count, this.before);
+  }
+}
 
 /** XADD's arguments before the event's JSON: the stream, its approximate cap, a time-based id, the field. */
 const XADD_HEAD = [keys.events, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*', 'e'] as const;
@@ -72,8 +95,7 @@ export class EventRecorder {
   private readonly lingerMs: number;
   private readonly busyEvents: number;
   private lastWriteAt = -Infinity;
-  /** Events recorded in the current 100 ms window and in the one before. */
-  private window = { start: -Infinity, count: 0, before: 0 };
+  private readonly recent = new RecentEvents();
   private readonly idle = new Set<() => void>();
 
   constructor(private readonly o: EventRecorderOptions) {
@@ -96,23 +118,8 @@ export class EventRecorder {
       return;
     }
     this.pending.push(JSON.stringify(e));
-    this.count(performance.now());
+    this.recent.add(performance.now());
     this.kick();
-  }
-
-  private count(now: number): void {
-    const w = this.window;
-    const elapsed = now - w.start;
-    if (elapsed >= WINDOW_MS) {
-      w.before = elapsed < 2 * WINDOW_MS ? w.count : 0;
-      w.start = now;
-      w.count = 0;
-    }
-    w.count++;
-  }
-
-  private busy(): boolean {
-    return Math.max(this.window.count, this.window.before) >= this.busyEvents;
   }
 
   /** Resolves when everything recorded so far is written, or after `timeoutMs`; answers how many are left. */
@@ -137,7 +144,7 @@ export class EventRecorder {
       void this.write();
     };
     // At the earliest after the current turn, so that the events of sessions ending together share a batch.
-    const wait = this.busy() ? this.lastWriteAt + this.lingerMs - performance.now() : 0;
+    const wait = this.recent.peak >= this.busyEvents ? this.lastWriteAt + this.lingerMs - performance.now() : 0;
     if (wait > 0) setTimeout(start, wait);
     else setImmediate(start);
   }
