@@ -534,7 +534,15 @@ async function main(): Promise<void> {
 
   checkpoint();
   const ref = own(
-    await startReferences({ certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com' }, preloads.reference.join(' ')),
+    await startReferences({
+      certPem: server.certPem, keyPem: server.keyPem, clientCaPem: pki.root.certPem, sinkPort: sys.sink.port, hostname: 'gateway.example.com',
+      directory: {
+        url: sys.slapd.url, bindDn: sys.slapd.rootDn, bindPassword: sys.slapd.rootPassword, baseDn: sys.slapd.baseDn,
+        certificateQuery: ldapProfile(sys, { certificate: true, smtpAuth: false }).certificateQuery!.query,
+        userQuery: ldapProfile(sys, { certificate: false, smtpAuth: true }).smtpAuthQuery!.query,
+        allowQuery: ldapProfile(sys, { certificate: false, smtpAuth: true }).smtpAuthQuery!.allowQuery!,
+      },
+    }, preloads.reference.join(' ')),
     (v) => stopChild(v.child, { type: 'exit' }),
   );
   const refs = ref.child;
@@ -594,6 +602,7 @@ async function main(): Promise<void> {
       { key: 'cg-open', label: 'certgate (B, no AUTH throttle)', kind: 'smtp', port: portBOpen + worker.offset, serverCpu: workerCpu, certgate: true },
     ];
     if (multi) targets.push({ key: 'cg-n', label: `certgate (B), ${processes} processes`, kind: 'smtp', port: portB + multi.offset, serverCpu: multiCpu, certgate: true });
+    targets.push({ key: 'ref-ldap', label: 'bare smtp-server + ldapts (B\'s LDAP)', kind: 'smtp', port: ref.ports.smtpAuthLdap, serverCpu: refCpu, certgate: false });
     const spec = { ...base, certs: [], users: users.map((u) => ({ user: u.uid, pass: u.password! })) };
     const results = await runScenario(ctx, 'auth', targets, spec);
     count(served, results);
@@ -604,11 +613,14 @@ async function main(): Promise<void> {
       `client CPU ${pct(c.clientShare)} of a core with certgate, ${pct(r.clientShare)} with bare`;
     const open = summarize(results, targets[2]!);
     const throttle = `auth: AUTH throttle per client and per user on vs off: ${fmt(c.rate)} vs ${fmt(open.rate)} sessions/s → ${ratioText(results, 'cg', 'cg-open', c, open, 0.95)}`;
-    console.log('  ' + line);
-    console.log('  ' + throttle);
-    summaries.push(line, throttle, `  ${cpuLine([c, open, r])}`);
-    console.log(`  ${cpuLine([c, open, r])}`);
-    noise.push(c, open, r);
+    const rl = summarize(results, targets.find((x) => x.key === 'ref-ldap')!);
+    const sameWork = `auth: certgate vs a bare smtp-server doing the same LDAP work with ldapts (user search, bind, allowance search) ${fmt(rl.rate)} sessions/s ` +
+      `(p50 ${fmt(rl.p50, 0)} ms, p99 ${fmt(rl.p99, 0)} ms) → ${ratioText(results, 'cg', 'ref-ldap', c, rl, null)} (no target: what certgate adds besides the directory)`;
+    for (const l of [line, throttle, sameWork, `  ${cpuLine([c, open, r, rl])}`]) {
+      console.log('  ' + l.trim());
+      summaries.push(l);
+    }
+    noise.push(c, open, r, rl);
     if (multi) summaries.push(processesLine('auth', results, summarize(results, targets[3]!), c));
     printHead(results);
   }
@@ -621,6 +633,7 @@ async function main(): Promise<void> {
       { key: 'cg', label: 'certgate (deployment A)', kind: 'smtp', port: portA + worker.offset, serverCpu: workerCpu, certgate: true },
     ];
     if (multi) targets.push({ key: 'cg-n', label: `certgate (A), ${processes} processes`, kind: 'smtp', port: portA + multi.offset, serverCpu: multiCpu, certgate: true });
+    targets.push({ key: 'ref-ldap', label: 'bare smtp-server + ldapts (A\'s LDAP)', kind: 'smtp', port: ref.ports.smtpCertLdap, serverCpu: refCpu, certgate: false });
     if (postfix) {
       targets.push({
         key: 'pf', label: 'Postfix (certificate-only, queues)', kind: 'smtp', port: postfix.port, serverCpu: () => processTreeCpuMs(postfix.masterPid), certgate: false,
@@ -638,8 +651,10 @@ async function main(): Promise<void> {
       `→ ${ratioText(results, 'cg', 'ref', c, r, 1.0)}; client CPU ${pct(c.clientShare)} of a core with certgate, ` +
       `${pct(t.clientShare)} with bare TLS, ${pct(r.clientShare)} with bare smtp-server`;
     console.log('  ' + line);
-    const lines = [line];
-    const all = [c, r, t];
+    const rl = summarize(results, targets.find((x) => x.key === 'ref-ldap')!);
+    const lines = [line, `cert: certgate vs a bare smtp-server doing the same LDAP search with ldapts ${fmt(rl.rate)} sessions/s ` +
+      `(p50 ${fmt(rl.p50, 0)} ms, p99 ${fmt(rl.p99, 0)} ms) → ${ratioText(results, 'cg', 'ref-ldap', c, rl, null)} (no target: what certgate adds besides the directory)`];
+    const all = [c, r, t, rl];
     if (multi) lines.push(processesLine('cert', results, summarize(results, targets.find((x) => x.key === 'cg-n')!), c));
     if (postfix) {
       const p = summarize(results, targets.find((x) => x.key === 'pf')!);
