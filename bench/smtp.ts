@@ -23,6 +23,11 @@
  *   a private instance relaying to the same sink; it queues before its 250, so each Postfix run
  *   ends by draining its queue, outside the measured window). --postfix off leaves it out.
  *
+ * Both scenarios also run a bare smtp-server doing that deployment's directory work with ldapts
+ * directly (cert: the certificate query; auth: the user search, a bind as the user and the
+ * allowance query; bench/lib/reference-servers.ts): no target, the ratio says what certgate adds
+ * besides the directory.
+ *
  * - proxy: the auth session against two listeners of the same worker, one with proxyProtocol
  *   (the load generator begins each connection with a PROXY v2 header naming its own endpoints,
  *   as HAProxy send-proxy-v2 does), one without; their ratio is the cost of the header path
